@@ -1,0 +1,138 @@
+"""``clp-tune``: run, resume, submit, validate and report searches; benchmarks.
+
+Exit codes: 0 success, 1 the search or job failed, 2 bad input (an invalid search-space file, a missing run
+directory); a bad file is rejected before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from clp_tune.spec import SpecError, load_spec
+
+EXIT_BAD_INPUT = 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from clp_tune.search import ensure_ray, run_search
+
+    spec = load_spec(args.spec)
+    ensure_ray(num_cpus=args.num_cpus, address=args.address)
+    paths = run_search(spec, storage_path=args.storage_path, run_name=args.run_name, reports_dir=args.reports_dir)
+    print(f"\nrun directory: {paths.run_dir}")
+    print(f"trajectories:  {paths.run_dir / 'trajectories.parquet'}")
+    print(f"report:        {paths.report_dir / 'index.html'}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from clp_tune.search import ensure_ray, resume_search
+
+    if not Path(args.run_dir).is_dir():
+        print(f"error: {args.run_dir}: no such run directory", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    ensure_ray(num_cpus=args.num_cpus, address=args.address)
+    paths = resume_search(args.run_dir, reports_dir=args.reports_dir)
+    print(f"\nreport: {paths.report_dir / 'index.html'}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    searched = ", ".join(spec.searched()) or "nothing (all fixed)"
+    print(f"{args.spec}: valid — {spec.num_samples} trials of {spec.model} on {spec.dataset} for {spec.epochs} epochs;")
+    print(f"  searcher {spec.searcher}, scheduler {spec.scheduler.type}; searched: {searched}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from clp_tune.search import SPEC_FILE, finish
+
+    run_dir = Path(args.run_dir).resolve()
+    if not (run_dir / SPEC_FILE).is_file():
+        print(f"error: {run_dir}: not a clp-tune run directory (no {SPEC_FILE})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    paths = finish(str(run_dir), run_dir, args.reports_dir)
+    print(f"report: {paths.report_dir / 'index.html'}")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from clp_tune.submit import submit_search
+
+    load_spec(args.spec)  # reject a bad file before anything is uploaded
+    return submit_search(args.spec, args.address, args.storage_path, report_dest=args.reports_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clp-tune",
+        description="Hyperparameter search over the critical early period of training, on Ray Tune, with "
+        "trajectory-aware early stopping. Each search is described by a YAML file (see search_spaces/).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_ray_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+        command.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all cores)")
+        command.add_argument("--reports-dir", default="reports", help="where reports/<name>/ go (default: reports)")
+
+    run = commands.add_parser(
+        "run", help="run a search and write its report",
+        description="Validate SPEC, run the search under Ray Tune, write Parquet tables into the run directory "
+        "and the HTML report into reports/<name>/index.html.",
+    )  # fmt: skip
+    run.add_argument("spec", help="search-space YAML file")
+    run.add_argument("--storage-path", default="runs", help="runs directory or shared URI (s3://...); default runs")
+    run.add_argument("--run-name", help="run directory name (default: <name>-<timestamp>)")
+    add_ray_options(run)
+    run.set_defaults(handler=_run)
+
+    resume = commands.add_parser(
+        "resume", help="continue an interrupted search",
+        description="Continue a search whose driver died: finished trials are kept, unfinished trials continue "
+        "from their last checkpoint, and the search ends with the planned number of trials.",
+    )  # fmt: skip
+    resume.add_argument("run_dir", help="the run directory (runs/<name>-<timestamp>)")
+    add_ray_options(resume)
+    resume.set_defaults(handler=_resume)
+
+    validate = commands.add_parser("validate", help="check a search-space file without running it")
+    validate.add_argument("spec", help="search-space YAML file")
+    validate.set_defaults(handler=_validate)
+
+    report = commands.add_parser("report", help="(re)write the Parquet tables and HTML report of a run")
+    report.add_argument("run_dir", help="the run directory")
+    report.add_argument("--reports-dir", default="reports", help="where reports/<name>/ go (default: reports)")
+    report.set_defaults(handler=_report)
+
+    submit = commands.add_parser(
+        "submit", help="submit a search to a Ray cluster through the Jobs API",
+        description="Upload the working directory, run the search as a Ray job, stream its logs, and fetch the "
+        "report from shared storage when it ends. Reach the dashboard through `ray dashboard cluster.yaml`.",
+    )  # fmt: skip
+    submit.add_argument("spec", help="search-space YAML file (relative to the working directory)")
+    submit.add_argument("--address", required=True, help="Jobs API address, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--storage-path", help="shared storage URI for the run (default: CLP_TUNE_STORAGE)")
+    submit.add_argument("--reports-dir", default="reports", help="where the fetched report goes")
+    submit.set_defaults(handler=_submit)
+
+    from clp_tune.bench import add_bench_parser
+
+    add_bench_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except SpecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Search-space files: parse, validate and turn into a Ray Tune ``param_space``.
+
+A spec is validated completely before Ray starts, so a typo costs seconds, not a cluster allocation. Every
+problem is reported as a :class:`SpecError` naming the key (``params.lr.loguniform``) and what was expected;
+the CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from clp_tune.data import DATASET_SHAPES
+from clp_tune.detectors import DETECTORS
+from clp_tune.statistics import STATISTIC_GROUPS
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
+SCHEDULERS = ("fifo", "asha", "median", "trajectory")
+SEARCHERS = ("optuna", "random")
+
+
+class SpecError(ValueError):
+    """A search-space file is unusable; ``str(error)`` names the file, the key and what was expected."""
+
+
+# --- the knobs a trial understands -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One trial hyperparameter: its default and a check returning what was expected, or None if fine."""
+
+    default: Any
+    check: Callable[[Any], str | None]
+    numeric: bool = True
+    doc: str = ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> str | None:
+    return None if _is_number(value) and value > 0 else "a number > 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if _is_number(value) and value >= 0 else "a number >= 0"
+
+
+def _unit_interval(value: Any) -> str | None:
+    return None if _is_number(value) and 0 <= value < 1 else "a number in [0, 1)"
+
+
+def _at_least_one(value: Any) -> str | None:
+    return None if _is_number(value) and value >= 1 else "a number >= 1"
+
+
+def _positive_int(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) and value > 0 else "an integer > 0"
+
+
+def _non_negative_int(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else "an integer >= 0"
+
+
+def _one_of(*options: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in options else "one of " + ", ".join(repr(o) for o in options)
+
+    return check
+
+
+def _mixup_window(value: Any) -> str | None:
+    """Epochs (int >= 0), a fraction of the budget (float in [0, 1)) or ``auto:<detector>``."""
+    expected = (
+        "an epoch count (integer >= 0), a fraction of the budget (number in [0, 1)) or 'auto:<detector>' with "
+        "detector one of " + ", ".join(DETECTORS)
+    )
+    if isinstance(value, bool):
+        return expected
+    if isinstance(value, int):
+        return None if value >= 0 else expected
+    if isinstance(value, float):
+        return None if 0 <= value < 1 else expected
+    if isinstance(value, str) and value.startswith("auto:"):
+        return None if value.removeprefix("auto:") in DETECTORS else expected
+    return expected
+
+
+KNOBS: dict[str, Knob] = {
+    "optimizer": Knob("adamw", _one_of("sgd", "adamw"), numeric=False, doc="optimizer"),
+    "lr": Knob(0.01, _positive, doc="peak learning rate"),
+    "momentum": Knob(0.9, _unit_interval, doc="SGD momentum"),
+    "weight_decay": Knob(0.0005, _non_negative, doc="decoupled weight decay (AdamW) or L2 (SGD)"),
+    "lr_schedule": Knob("cosine", _one_of("cosine", "constant"), numeric=False, doc="learning-rate schedule"),
+    "batch_size": Knob(100, _positive_int, doc="minibatch size"),
+    "dropout": Knob(0.0, _unit_interval, doc="dropout rate before the classifier (and in MLP blocks)"),
+    "label_noise": Knob(0.0, _unit_interval, doc="fraction of training labels flipped to another class"),
+    "seed": Knob(0, _non_negative_int, doc="trial seed: initialisation, order, Mixup, label noise"),
+    "mixup_alpha": Knob(0.0, _non_negative, doc="Mixup Beta(alpha, alpha); 0 disables Mixup"),
+    "mixup_kind": Knob("input", _one_of("input", "manifold"), numeric=False, doc="Input or Manifold Mixup"),
+    "mixup_off": Knob(0, _mixup_window, numeric=False, doc="early period trained without Mixup"),
+    "early_mixup": Knob("pause", _one_of("pause", "boost"), numeric=False, doc="Mixup during the early period"),
+    "alpha_boost": Knob(2.0, _at_least_one, doc="alpha multiplier in the early period when early_mixup=boost"),
+    "high_loss_q": Knob(0.0, _unit_interval, doc="fraction of highest-loss samples dropped in the early period"),
+    "pretrain": Knob("none", _one_of("none", "stacked", "gradual"), numeric=False, doc="DAE pretraining (mlp)"),
+    "pretrain_noise": Knob("mask", _one_of("mask", "gaussian"), numeric=False, doc="DAE input corruption"),
+    "pretrain_noise_level": Knob(0.2, _non_negative, doc="masking probability or Gaussian std"),
+    "pretrain_epochs": Knob(5, _non_negative_int, doc="DAE pretraining epochs per layer"),
+}
+
+
+# --- the file's structure ----------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Resources(_Strict):
+    """Resources per trial; a GPU fraction below 1 packs several trials on one GPU."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("cpu", "gpu", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class SchedulerSpec(_Strict):
+    """Which trial scheduler stops trials early, and its options (only those of the chosen type apply)."""
+
+    type: Literal["fifo", "asha", "median", "trajectory"] = "fifo"
+    grace_period: int | None = Field(None, gt=0, description="asha/median: epochs before a trial can be stopped")
+    reduction_factor: float = Field(3.0, gt=1, description="asha: keep 1/reduction_factor at each rung")
+    k: int = Field(3, gt=0, description="trajectory: stop when unlikely to beat the k-th best")
+    delta: float = Field(0.05, gt=0, lt=1, description="trajectory: probability below which a trial stops")
+    min_fraction: float = Field(0.1, gt=0, le=1, description="trajectory: earliest judgement, fraction of budget")
+    detector: str = Field("acc50", description="trajectory: critical-period detector that delays judgement")
+    noise_grace: bool = Field(True, description="trajectory: lengthen the grace period under dropout/label noise")
+
+    @field_validator("detector")
+    @classmethod
+    def _known_detector(cls, value: str) -> str:
+        if value not in DETECTORS:
+            raise ValueError(f"expected one of {', '.join(DETECTORS)}, got {value!r}")
+        return value
+
+
+class Spec(_Strict):
+    """A validated search-space file. ``params`` holds the raw knob entries (scalars or distributions)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    dataset: Literal["mnist1d", "digits", "cifar10", "cifar100", "fashionmnist"]
+    model: Literal["cnn1d", "mlp", "convnet", "resnet18"]
+    epochs: int = Field(gt=0)
+    num_samples: int = Field(gt=0)
+    metric: Literal["val_acc", "val_loss"] = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    searcher: Literal["optuna", "random"] = "optuna"
+    search_seed: int = Field(0, ge=0)
+    scheduler: SchedulerSpec = SchedulerSpec()
+    max_concurrent_trials: int = Field(2, gt=0)
+    resources: Resources = Resources()
+    max_failures: int = Field(1, ge=0)
+    statistics: list[str] = Field(default_factory=lambda: list(STATISTIC_GROUPS))
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("statistics", mode="before")
+    @classmethod
+    def _statistics_shorthand(cls, value: Any) -> Any:
+        if value == "all":
+            return list(STATISTIC_GROUPS)
+        if value in ("none", None):
+            return []
+        return value
+
+    @field_validator("statistics")
+    @classmethod
+    def _known_statistics(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in STATISTIC_GROUPS]
+        if unknown:
+            raise ValueError(f"unknown statistic {unknown[0]!r}; expected some of {', '.join(STATISTIC_GROUPS)}")
+        return value
+
+    def searched(self) -> dict[str, dict[str, Any]]:
+        """The knobs given as distributions, as ``{name: {kind: args}}``."""
+        return {k: v for k, v in self.params.items() if isinstance(v, dict)}
+
+    def fixed_config(self) -> dict[str, Any]:
+        """Everything a trial needs that is not searched: settings, knob defaults and fixed knob values."""
+        config: dict[str, Any] = {"dataset": self.dataset, "model": self.model, "epochs": self.epochs}
+        config["statistics"] = ",".join(self.statistics)
+        for name, knob in KNOBS.items():
+            value = self.params.get(name, knob.default)
+            if not isinstance(value, dict):
+                config[name] = value
+        return config
+
+
+# --- checks that need more than field types ---------------------------------------------------------------
+
+
+def _check_param(name: str, entry: Any, epochs: int) -> None:
+    knob = KNOBS.get(name)
+    if knob is None:
+        raise SpecError(f"params.{name}: unknown parameter; expected one of {', '.join(KNOBS)}")
+
+    def check_value(value: Any, key: str) -> None:
+        expected = knob.check(value)
+        if expected is not None:
+            raise SpecError(f"{key}: expected {expected}, got {value!r}")
+        if name == "mixup_off" and isinstance(value, int) and not isinstance(value, bool) and value > epochs:
+            raise SpecError(f"{key}: the Mixup-off window ({value} epochs) is longer than the budget ({epochs} epochs)")
+
+    if not isinstance(entry, dict):
+        check_value(entry, f"params.{name}")
+        return
+    if len(entry) != 1 or next(iter(entry)) not in DISTRIBUTIONS:
+        raise SpecError(
+            f"params.{name}: expected a fixed value or a mapping with exactly one of "
+            f"{', '.join(DISTRIBUTIONS)}, got {entry!r}"
+        )
+    kind, args = next(iter(entry.items()))
+    key = f"params.{name}.{kind}"
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise SpecError(f"{key}: expected a non-empty list of values, got {args!r}")
+        for index, value in enumerate(args):
+            check_value(value, f"{key}[{index}]")
+        return
+    if not knob.numeric:
+        raise SpecError(f"{key}: parameter {name!r} is not numeric; use 'choice' or a fixed value")
+    if not isinstance(args, list) or len(args) != 2 or not all(_is_number(a) for a in args):
+        raise SpecError(f"{key}: expected [low, high] with two numbers, got {args!r}")
+    low, high = args
+    if low >= high:
+        raise SpecError(
+            f"{key}: expected low < high, got low={low!r} > high={high!r}"
+            if low > high
+            else f"{key}: expected low < high, got low = high = {low!r}; use a fixed value instead"
+        )
+    if kind == "int" and not all(isinstance(a, int) for a in args):
+        raise SpecError(f"{key}: expected two integers, got {args!r}")
+    if kind == "loguniform" and low <= 0:
+        raise SpecError(f"{key}: expected low > 0 for a log scale, got {low!r}")
+    check_value(low, f"{key}[0]")
+    check_value(high, f"{key}[1]")
+
+
+def _check_compatibility(spec: Spec) -> None:
+    shape = DATASET_SHAPES[spec.dataset]
+    if spec.model == "cnn1d" and len(shape) != 1:
+        raise SpecError(f"model: 'cnn1d' needs a 1-D dataset (mnist1d), but dataset {spec.dataset!r} has images")
+    if spec.model in ("convnet", "resnet18") and len(shape) != 3:
+        raise SpecError(f"model: {spec.model!r} needs an image dataset, but dataset {spec.dataset!r} is 1-D")
+    pretrain = spec.params.get("pretrain", "none")
+    if spec.model != "mlp" and pretrain != "none":
+        raise SpecError(f"params.pretrain: autoencoder pretraining needs model 'mlp', not {spec.model!r}")
+    gridded = [name for name, entry in spec.searched().items() if "grid" in entry]
+    if gridded and spec.searcher != "random":
+        raise SpecError(f"params.{gridded[0]}.grid: a grid needs searcher 'random' (Optuna samples, it cannot grid)")
+
+
+def _format_pydantic(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        elif item["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(lines)
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> Spec:
+    """Validate already-loaded YAML data; raises :class:`SpecError` with the key and what was expected."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a YAML mapping of keys (name, dataset, model, ...), got {data!r:.80}")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(f"{source}: {_format_pydantic(error)}") from None
+    try:
+        for name, entry in spec.params.items():
+            _check_param(name, entry, spec.epochs)
+        _check_compatibility(spec)
+    except SpecError as error:
+        raise SpecError(f"{source}: {error}") from None
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a search-space YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+        raise SpecError(f"{path}: cannot read the file ({error})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    return parse_spec(data, str(path))
+
+
+def param_space(spec: Spec) -> dict[str, Any]:
+    """The Ray Tune ``param_space``: fixed settings as constants, searched knobs as Tune domains."""
+    from ray import tune
+
+    space: dict[str, Any] = spec.fixed_config()
+    for name, entry in spec.searched().items():
+        kind, args = next(iter(entry.items()))
+        if kind == "choice":
+            space[name] = tune.choice(args)
+        elif kind == "grid":
+            space[name] = tune.grid_search(args)
+        elif kind == "uniform":
+            space[name] = tune.uniform(*args)
+        elif kind == "loguniform":
+            space[name] = tune.loguniform(*args)
+        else:
+            space[name] = tune.randint(args[0], args[1] + 1)
+    return space

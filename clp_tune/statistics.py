@@ -1,0 +1,487 @@
+"""Per-epoch trajectory statistics, gathered inside the training loop at a few percent of an epoch's cost.
+
+The statistics describe *how* a trial moves, not only where it is, so the critical-period detectors and the
+final-accuracy predictor can judge a trial early:
+
+* ``grad_norm``, ``grad_noise``, ``grad_noise_ratio``: size and minibatch noise of the training gradients;
+* ``grad_confusion``: max pairwise cosine similarity of fixed probe minibatches' gradients (Sankararaman et al. 2020);
+* ``layer_rotation``: mean cosine distance of each weight layer from its initial value (Carbonnelle et al. 2019);
+* ``weight_distance``, ``path_length``: how far the weights went from the start, and along which path length;
+* ``fisher_trace``: trace of the Fisher information with labels sampled from the model (Achille et al. 2019);
+* ``activation_distance``: how far the probe set's penultimate activations moved since the previous epoch;
+* ``tse``: the running sum of training losses (Ru et al. 2021);
+* ``trajectory_complexity``: the cumulative sum of ``lr * ||g||^2`` over steps (after Fu et al. 2023).
+
+Cost control (the statistics must stay under 10 % of an epoch): a training step only flattens the gradient into a
+preallocated buffer, records its norm and adds it to a running sum, all on the device (no host syncs); everything
+that needs extra forward or backward passes runs once per epoch on a small fixed probe set, with per-sample gradients
+from a per-layer factorisation (see "probe gradients" below; ``torch.func`` for layers it does not cover). Probes run
+in eval mode (no dropout, BatchNorm running statistics), and the Fisher labels are drawn by inverse CDF from fixed
+uniforms (``torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)``), so epoch-to-epoch
+changes reflect the weights, not sampling noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
+from clp_tune.model import BlockNet
+
+STATISTIC_GROUPS = (
+    "grad_norm",
+    "grad_noise",
+    "grad_confusion",
+    "layer_rotation",
+    "weight_distance",
+    "fisher_trace",
+    "activation_distance",
+    "tse",
+    "trajectory_complexity",
+)
+GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
+    "grad_norm": ("grad_norm",),
+    "grad_noise": ("grad_noise", "grad_noise_ratio"),
+    "grad_confusion": ("grad_confusion",),
+    "layer_rotation": ("layer_rotation",),
+    "weight_distance": ("weight_distance", "path_length"),
+    "fisher_trace": ("fisher_trace",),
+    "activation_distance": ("activation_distance",),
+    "tse": ("tse",),
+    "trajectory_complexity": ("trajectory_complexity",),
+}
+PROBE_SIZE = 64
+PROBE_BATCHES = 4
+# Per-sample gradients held at once by the Fisher vmap (elements); bounds memory for large models like ResNet-18.
+FISHER_CHUNK_ELEMENTS = 1 << 24
+
+_STEP_GROUPS = frozenset({"grad_norm", "grad_noise", "trajectory_complexity"})
+_WEIGHT_GROUPS = frozenset({"layer_rotation", "weight_distance"})
+
+
+def sample_predicted_labels(logits: Tensor, uniforms: Tensor) -> Tensor:
+    """Draw one label per row from ``softmax(logits)`` by inverse CDF with the given uniforms in [0, 1).
+
+    Fixed uniforms make the draw a deterministic function of the model's prediction (common random numbers).
+    """
+    cdf = logits.softmax(dim=1).cumsum(dim=1)
+    return (cdf < uniforms[:, None]).sum(dim=1).clamp_(max=logits.shape[1] - 1)
+
+
+class TrajectoryStatistics:
+    """Running trajectory statistics of one trial; see the module docstring for the columns.
+
+    Args:
+        model: the trial's model, already on its device (its current weights are the reference ``w0``).
+        probe_x, probe_y: fixed training samples on the model's device; the first ``probe_size`` are the probe set.
+        enabled: the statistic groups to compute (names from :data:`STATISTIC_GROUPS`).
+        num_classes: number of classes of the task.
+        seed: seeds the Fisher-label uniforms, so a trial's statistics are reproducible.
+        probe_size: how many probe samples the probe statistics use. Their per-sample work is most of the statistics'
+            cost (about 4 % of a quickstart epoch at 64 samples on one CPU thread, and linear in the count).
+        probe_batches: the probe set is split, in order, into this many fixed minibatches for ``grad_confusion``.
+    """
+
+    def __init__(
+        self,
+        model: BlockNet,
+        probe_x: Tensor,
+        probe_y: Tensor,
+        enabled: Collection[str],
+        num_classes: int,
+        seed: int,
+        probe_size: int = PROBE_SIZE,
+        probe_batches: int = PROBE_BATCHES,
+    ):
+        unknown = sorted(set(enabled) - set(STATISTIC_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown statistic {unknown[0]!r}; expected some of {', '.join(STATISTIC_GROUPS)}")
+        self.enabled = frozenset(enabled)
+        if len(probe_y) and not 0 <= int(probe_y.min()) <= int(probe_y.max()) < num_classes:
+            raise ValueError(f"probe labels must lie in [0, {num_classes})")
+        params = list(model.parameters())
+        self._model, self._params = model, params  # model.parameters() costs as much as the rest of a step
+        self._device, self._dtype = params[0].device, params[0].dtype
+        self._numel = sum(p.numel() for p in params)
+        probe_x, probe_y = probe_x[:probe_size], probe_y[:probe_size]
+        self._probe_x, self._probe_y = probe_x, probe_y
+        batches = max(1, min(probe_batches, len(probe_y)))
+        self._probe_batches = batches
+        self._probe_batch_size = len(probe_y) // batches
+        uniforms = torch.rand(len(probe_y), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        self._fisher_uniforms = uniforms.to(self._device, self._dtype)
+        self._factorable = _factorable(model)
+
+        # Per-step records (reset every epoch): device tensors and floats only, so that a step never waits for them.
+        self._grad_buffer = torch.zeros(self._numel, device=self._device, dtype=self._dtype)
+        self._zeros = torch.zeros_like(self._grad_buffer)  # stands in for the gradient of unused parameters
+        self._grad_sum = torch.zeros_like(self._grad_buffer) if "grad_noise" in self.enabled else None
+        self._step_norms: list[Tensor] = []
+        self._step_lrs: list[float] = []
+
+        # Layer rotation: each weight layer's elements (dim >= 2) get the layer's index, the rest a spare index.
+        weight_layers = [p.dim() >= 2 for p in params]
+        self._layers = sum(weight_layers)
+        layer_ids = torch.cumsum(torch.tensor(weight_layers), 0) - 1
+        self._layer_index = torch.cat(
+            [
+                torch.full((p.numel(),), int(i) if weight else self._layers)
+                for p, weight, i in zip(params, weight_layers, layer_ids, strict=True)
+            ]
+        ).to(self._device)
+
+        # Cumulative state (part of state_dict).
+        self._tse = 0.0
+        self._path_length = 0.0
+        self._complexity = torch.zeros((), device=self._device, dtype=torch.float64)
+        self._w0 = self._flat_weights(model) if self.enabled & _WEIGHT_GROUPS else None
+        self._w_prev = self._w0
+        self._w0_layer_norms = self._layer_sums(self._w0 * self._w0).sqrt() if self._w0 is not None else None
+        self._features_prev = self._probe_features(model) if "activation_distance" in self.enabled else None
+
+    # ------------------------------------------------------------------ per step
+
+    def observe_step(self, model: BlockNet, lr: float) -> None:
+        """Record this minibatch's gradient (``p.grad``, after ``backward`` and before ``step``)."""
+        if not self.enabled & _STEP_GROUPS:
+            return
+        params = self._params if model is self._model else list(model.parameters())
+        g = torch.cat(
+            [p.grad.reshape(-1) if p.grad is not None else self._zeros[: p.numel()] for p in params],
+            out=self._grad_buffer,
+        )
+        self._step_norms.append(torch.linalg.vector_norm(g))
+        self._step_lrs.append(lr)
+        if self._grad_sum is not None:
+            self._grad_sum.add_(g)
+
+    # ------------------------------------------------------------------ per epoch
+
+    def end_epoch(self, model: BlockNet, train_loss: float) -> dict[str, float]:
+        """Close the epoch: the enabled statistic columns, as floats (one host sync for all of them)."""
+        self._tse += train_loss
+        values: dict[str, Tensor] = {}
+        if self.enabled & _STEP_GROUPS:
+            values.update(self._step_statistics())
+
+        step_length = None
+        if self._w0 is not None:
+            w = self._flat_weights(model)
+            if "layer_rotation" in self.enabled:
+                cosine = self._layer_sums(w * self._w0) / (self._layer_sums(w * w).sqrt() * self._w0_layer_norms)
+                distance = 1.0 - cosine.nan_to_num(0.0).clamp(-1.0, 1.0)
+                values["layer_rotation"] = distance.mean() if self._layers else self._nan()
+            if "weight_distance" in self.enabled:
+                values["weight_distance"] = torch.linalg.vector_norm(w - self._w0)
+                step_length = torch.linalg.vector_norm(w - self._w_prev)
+                values["path_length"] = step_length  # this epoch's step; replaced by the running sum below
+            self._w_prev = w
+
+        if self.enabled & {"grad_confusion", "fisher_trace", "activation_distance"}:
+            values.update(self._probe_statistics(model))
+
+        columns = list(values)
+        if not columns:
+            return {"tse": self._tse} if "tse" in self.enabled else {}
+        floats = dict(zip(columns, torch.stack([values[c].double() for c in columns]).tolist(), strict=True))
+        if step_length is not None:
+            self._path_length += floats["path_length"]
+            floats["path_length"] = self._path_length
+        if "tse" in self.enabled:
+            floats["tse"] = self._tse
+        return floats
+
+    def _step_statistics(self) -> dict[str, Tensor]:
+        """Epoch means of the gradient statistics from the per-step records, and the cumulative complexity."""
+        values: dict[str, Tensor] = {}
+        if self._step_norms:
+            squares = torch.stack(self._step_norms).double().square()
+            lrs = torch.tensor(self._step_lrs, dtype=squares.dtype, device=squares.device)
+            self._complexity += (squares * lrs).sum()
+            mean_norm, mean_square = squares.sqrt().mean(), squares.mean()
+        else:  # an epoch without steps: no gradient to describe
+            mean_norm = mean_square = self._nan()
+        if "grad_norm" in self.enabled:
+            values["grad_norm"] = mean_norm
+        if self._grad_sum is not None:
+            mean_grad_square = (self._grad_sum.double() / max(len(self._step_norms), 1)).square().sum()
+            noise = (mean_square - mean_grad_square).clamp_min(0.0)
+            values["grad_noise"] = noise
+            values["grad_noise_ratio"] = torch.where(mean_grad_square > 0, noise / mean_grad_square, self._nan())
+            self._grad_sum.zero_()
+        if "trajectory_complexity" in self.enabled:
+            values["trajectory_complexity"] = self._complexity.clone()
+        self._step_norms, self._step_lrs = [], []
+        return values
+
+    def _probe_statistics(self, model: BlockNet) -> dict[str, Tensor]:
+        """Gradient confusion, Fisher trace and activation distance on the fixed probe set, in eval mode."""
+        values: dict[str, Tensor] = {}
+        gradients = self.enabled & {"grad_confusion", "fisher_trace"}
+        was_training = model.training
+        model.eval()
+        try:
+            capture = _LayerCapture(model) if gradients and self._factorable else None
+            with capture or torch.no_grad():
+                features = model.features(self._probe_x)
+                logits = model.head(model.dropout(features))
+            if capture is not None and capture.shared:  # a layer used twice: the per-layer algebra does not apply
+                self._factorable, capture = False, None
+            if "activation_distance" in self.enabled:
+                values["activation_distance"] = torch.linalg.vector_norm(features.detach() - self._features_prev)
+                self._features_prev = features.detach()
+            if gradients:
+                labels = sample_predicted_labels(logits.detach(), self._fisher_uniforms)
+                k, b = self._probe_batches, self._probe_batch_size
+                if capture is not None:
+                    values.update(_factored_statistics(capture, logits, self._probe_y, labels, k, b, gradients))
+                else:
+                    values.update(_functional_statistics(model, self._probe_x, self._probe_y, labels, k, b, gradients))
+        finally:
+            model.train(was_training)
+        return values
+
+    # ------------------------------------------------------------------ helpers
+
+    def _nan(self) -> Tensor:
+        return torch.full((), math.nan, device=self._device, dtype=torch.float64)
+
+    def _flat_weights(self, model: BlockNet) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def _layer_sums(self, elementwise: Tensor) -> Tensor:
+        """Sum ``elementwise`` (a flat all-parameter vector) per weight layer."""
+        sums = torch.zeros(self._layers + 1, device=elementwise.device, dtype=elementwise.dtype)
+        return sums.index_add_(0, self._layer_index, elementwise)[: self._layers]
+
+    def _probe_features(self, model: BlockNet) -> Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return model.features(self._probe_x)
+        finally:
+            model.train(was_training)
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        """The cumulative state a resumed trial needs (taken between epochs)."""
+        return {
+            "enabled": sorted(self.enabled),
+            "tse": self._tse,
+            "path_length": self._path_length,
+            "complexity": self._complexity,
+            "w0": self._w0,
+            "w_prev": self._w_prev,
+            "features_prev": self._features_prev,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        def on_device(tensor: Tensor | None) -> Tensor | None:
+            return None if tensor is None else tensor.to(self._device)
+
+        if set(state["enabled"]) != self.enabled:
+            raise ValueError(f"statistics state was saved with groups {state['enabled']}, not {sorted(self.enabled)}")
+        self._tse, self._path_length = state["tse"], state["path_length"]
+        self._complexity = on_device(state["complexity"])
+        self._w0, self._w_prev = on_device(state["w0"]), on_device(state["w_prev"])
+        self._features_prev = on_device(state["features_prev"])
+        if self._w0 is not None:
+            self._w0_layer_norms = self._layer_sums(self._w0 * self._w0).sqrt()
+
+
+# ---------------------------------------------------------------------- probe gradients
+#
+# Both gradient statistics need per-sample (Fisher) or per-minibatch (confusion) gradients of the probe loss.
+# torch.func gets them for any model, but on CPU its per-sample convolution gradients run as grouped convolutions,
+# which cost more than a whole training epoch of the quickstart CNN. For the layers our models are built from
+# (Linear, Conv1d/2d, BatchNorm in eval mode) the gradient of one sample is a product of the layer's input and its
+# output gradient, so one hooked forward pass, one backward pass per loss and a few batched matmuls give the same
+# numbers at a fraction of the cost; torch.func remains the fallback for any other layer.
+
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _trainable(module: nn.Module) -> list[Tensor]:
+    return [p for p in module.parameters(recurse=False) if p.requires_grad]
+
+
+def _factorable(model: nn.Module) -> bool:
+    """Whether every layer with trainable parameters has a per-sample gradient rule below."""
+    for module in model.modules():
+        if not _trainable(module):
+            continue
+        if isinstance(module, _CONVOLUTIONS):
+            if module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros":
+                return False
+        elif isinstance(module, _BATCH_NORMS):
+            if module.running_mean is None or module.running_var is None:
+                return False
+        elif not isinstance(module, nn.Linear):
+            return False
+    return True
+
+
+class _LayerCapture:
+    """Forward hooks keeping the input and output of every layer with trainable parameters for one forward pass."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if _trainable(m)]
+        self.inputs: dict[nn.Module, Tensor] = {}
+        self.outputs: dict[nn.Module, Tensor] = {}
+        self.shared = False
+        self._grad_mode = torch.enable_grad()
+
+    def __enter__(self) -> _LayerCapture:
+        self._grad_mode.__enter__()
+        self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._grad_mode.__exit__(*exc_info)
+
+    def _hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        self.shared |= module in self.outputs
+        self.inputs[module], self.outputs[module] = args[0].detach(), output
+        return output.clone()  # an in-place op downstream (ResNet's ReLU) must not overwrite what we differentiate
+
+
+def _positions(t: Tensor) -> Tensor:
+    """(B, C, *spatial) -> (B, L, C): the L positions that share a channel's weights."""
+    return t.reshape(len(t), t.shape[1], -1).mT
+
+
+def _patches(conv: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
+    """(B, L, C_in * kernel) input patches, one row per output position (im2col)."""
+    if isinstance(conv, nn.Conv1d):  # strided windows are a view: much cheaper than F.unfold's im2col
+        (kernel,), (dilation,), (padding,), (stride,) = conv.kernel_size, conv.dilation, conv.padding, conv.stride
+        windows = F.pad(x, (padding, padding)).unfold(2, dilation * (kernel - 1) + 1, stride)[..., ::dilation]
+        return windows.transpose(1, 2).reshape(len(x), windows.shape[2], -1)
+    return F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride).mT
+
+
+def _input_factor(layer: nn.Module, x: Tensor) -> Tensor:
+    """(B, L, D_in): what a layer's per-sample weight gradient multiplies its output gradient with."""
+    if isinstance(layer, nn.Linear):
+        return x.reshape(len(x), -1, x.shape[-1])
+    if isinstance(layer, _CONVOLUTIONS):
+        return _patches(layer, x)
+    return _positions(F.batch_norm(x, layer.running_mean, layer.running_var, training=False, eps=layer.eps))
+
+
+def _gradient_factors(layer: nn.Module, a: Tensor, delta: Tensor) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor]]:
+    """A layer's per-sample parameter gradients in factored form, from its input factor ``a`` and output gradient.
+
+    Returns ``outer`` pairs ``(d, a)`` of shapes (B, L, D_out), (B, L, D_in), where sample i's gradient is
+    ``d_i^T a_i``, and ``summed`` tensors ``v`` of shape (B, L, D), where it is ``v_i`` summed over positions.
+    """
+    d = delta.reshape(len(delta), -1, delta.shape[-1]) if isinstance(layer, nn.Linear) else _positions(delta)
+    outer: list[tuple[Tensor, Tensor]] = []
+    summed: list[Tensor] = []
+    if layer.weight is not None and layer.weight.requires_grad:
+        if isinstance(layer, _BATCH_NORMS):
+            summed.append(d * a)
+        else:
+            outer.append((d, a))
+    if layer.bias is not None and layer.bias.requires_grad:
+        summed.append(d)
+    return outer, summed
+
+
+def _outer_square_norms(d: Tensor, a: Tensor) -> Tensor:
+    """Per-sample ``||d_i^T a_i||_F^2``, through the smaller of the gradient and the L x L Gram products."""
+    samples, positions, d_in = a.shape
+    d_out = d.shape[2]
+    if positions == 1:
+        return d.square().sum((1, 2)) * a.square().sum((1, 2))
+    gram = positions * positions <= d_in * d_out
+    step = max(1, FISHER_CHUNK_ELEMENTS // min(positions * positions, d_in * d_out))
+    norms = []
+    for start in range(0, samples, step):
+        ds, As = d[start : start + step], a[start : start + step]
+        norms.append(((ds @ ds.mT) * (As @ As.mT)).sum((1, 2)) if gram else (ds.mT @ As).square().sum((1, 2)))
+    return torch.cat(norms)
+
+
+def _factored_statistics(
+    capture: _LayerCapture, logits: Tensor, y: Tensor, labels: Tensor, k: int, b: int, wanted: Collection[str]
+) -> dict[str, Tensor]:
+    layers = list(capture.outputs)
+    outputs = [capture.outputs[layer] for layer in layers]
+    inputs = {layer: _input_factor(layer, capture.inputs[layer]) for layer in layers}
+    values: dict[str, Tensor] = {}
+    if "fisher_trace" in wanted:
+        loss = F.cross_entropy(logits, labels, reduction="sum")  # summed: each sample's delta is its own gradient
+        deltas = torch.autograd.grad(loss, outputs, retain_graph="grad_confusion" in wanted, allow_unused=True)
+        norms = torch.zeros(len(labels), device=logits.device, dtype=logits.dtype)
+        for layer, delta in zip(layers, deltas, strict=True):
+            if delta is None:
+                continue
+            outer, summed = _gradient_factors(layer, inputs[layer], delta)
+            for d, a in outer:
+                norms += _outer_square_norms(d, a)
+            for v in summed:
+                norms += v.sum(1).square().sum(1)
+        values["fisher_trace"] = norms.mean()
+    if "grad_confusion" in wanted:
+        if k < 2:
+            return values | {"grad_confusion": torch.full((), math.nan, device=logits.device)}
+        n = k * b
+        loss = F.cross_entropy(logits[:n], y[:n], reduction="sum") / b  # the sum of the k minibatch mean losses
+        deltas = torch.autograd.grad(loss, outputs, allow_unused=True)
+        grads = []
+        for layer, delta in zip(layers, deltas, strict=True):
+            if delta is None:
+                continue
+            outer, summed = _gradient_factors(layer, inputs[layer][:n], delta[:n])
+            grads += [(d.reshape(k, -1, d.shape[2]).mT @ a.reshape(k, -1, a.shape[2])).reshape(k, -1) for d, a in outer]
+            grads += [v.reshape(k, -1, v.shape[2]).sum(1) for v in summed]
+        values["grad_confusion"] = _max_pairwise_cosine(torch.cat(grads, dim=1))
+    return values
+
+
+def _functional_statistics(
+    model: nn.Module, x: Tensor, y: Tensor, labels: Tensor, k: int, b: int, wanted: Collection[str]
+) -> dict[str, Tensor]:
+    """The same statistics with torch.func (vmap over minibatches and samples): slower, but any layer works."""
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    constants = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    constants.update(model.named_buffers())
+
+    def loss(p: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(model, (p, constants), (xb,)), yb)
+
+    def sample_square_norm(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        return sum(g.square().sum() for g in grad(loss)(p, xi[None], yi[None]).values())
+
+    values: dict[str, Tensor] = {}
+    if "fisher_trace" in wanted:
+        numel = max(1, sum(p.numel() for p in params.values()))
+        chunk = max(1, FISHER_CHUNK_ELEMENTS // numel)
+        per_sample = vmap(sample_square_norm, in_dims=(None, 0, 0), chunk_size=chunk if chunk < len(x) else None)
+        norms = per_sample(params, x, labels)
+        values["fisher_trace"] = norms.mean()
+    if "grad_confusion" in wanted:
+        if k < 2:
+            return values | {"grad_confusion": torch.full((), math.nan, device=x.device)}
+        xb, yb = x[: k * b].reshape(k, b, *x.shape[1:]), y[: k * b].reshape(k, b)
+        grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, xb, yb)
+        values["grad_confusion"] = _max_pairwise_cosine(torch.cat([g.reshape(k, -1) for g in grads.values()], dim=1))
+    return values
+
+
+def _max_pairwise_cosine(grads: Tensor) -> Tensor:
+    """Max cosine similarity over pairs of rows of (k, P) ``grads``."""
+    unit = F.normalize(grads, dim=1)
+    rows, cols = torch.triu_indices(len(grads), len(grads), offset=1, device=grads.device)
+    return (unit @ unit.T)[rows, cols].max()

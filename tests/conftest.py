@@ -1,0 +1,49 @@
+"""Shared test setup: Ray without auth or dashboard, and tiny search specs that train real models fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+# A token file left in ~/.ray silently switches Ray's token auth on; tests choose explicitly.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """An embedded Ray for one test module (2 CPUs, no dashboard), shut down afterwards."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_spec(**overrides) -> dict:
+    """A real but tiny search: digits + MLP, a few epochs, random search, FIFO."""
+    spec = {
+        "name": "tiny",
+        "dataset": "digits",
+        "model": "mlp",
+        "epochs": 3,
+        "num_samples": 3,
+        "searcher": "random",
+        "scheduler": "fifo",
+        "max_concurrent_trials": 2,
+        "resources": {"cpu": 1},
+        "statistics": ["grad_norm", "layer_rotation", "tse"],
+        "params": {"lr": {"loguniform": [0.001, 0.01]}, "batch_size": 64, "dropout": {"uniform": [0.0, 0.3]}},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

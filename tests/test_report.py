@@ -1,0 +1,290 @@
+"""Tests for clp_tune.report on synthetic run directories written in the contract's schema.
+
+``write_synthetic_run`` is also used by test_report_browser.py; it builds a small search (12 trials x 10 epochs,
+Mixup-off window in {0, 2, 0.2} x 4 seeds, two stopped, one diverged, one errored) without running Ray.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.offline
+import pytest
+from scipy import stats
+
+from clp_tune.report import decisions_near, group_ci, searched_params, setting_label, write_report
+
+EPOCHS = 10
+SPEC_TEXT = """\
+# synthetic search; this comment must stay inert: <script>alert("spec")</script>
+name: synthetic
+description: a <b>synthetic</b> search
+dataset: mnist1d
+model: mlp
+epochs: 10
+scheduler: trajectory
+params:
+  lr: {loguniform: [0.001, 0.1]}
+  batch_size: {choice: [32, 64]}
+  mixup_off: {choice: [0, 2, 0.2]}
+  seed: {choice: [0, 1, 2, 3]}
+  dropout: 0.1
+"""
+MIXUP_EFFECT = {"0": 0.0, "2": 0.02, "0.2": -0.01}
+STATISTICS = ("grad_norm", "layer_rotation", "grad_confusion", "fisher_trace", "weight_distance")
+ERROR_TEXT = 'RuntimeError: CUDA <script>alert("error")</script> out of memory'
+
+
+def write_synthetic_run(
+    run_dir: Path, *, scheduler: str = "trajectory", statistics: bool = True, pretrain: bool = False
+) -> Path:
+    """Write spec.yaml, trajectories.parquet, trials.parquet (and decisions.parquet for the trajectory scheduler).
+
+    Trials 3 and 7 are stopped (epochs 4 and 6), trial 10 diverges at epoch 1, trial 11 errors before reporting.
+    ``pretrain`` alternates pretrain "none"/"stacked" and adds a pretrain_recon_error column.
+    """
+    rng = np.random.default_rng(0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = SPEC_TEXT if scheduler == "trajectory" else SPEC_TEXT.replace("scheduler: trajectory", "scheduler: fifo")
+    (run_dir / "spec.yaml").write_text(spec, encoding="utf-8")
+    stop_at = {3: 4, 7: 6}
+    trials, rows, decisions = [], [], []
+    for index in range(12):
+        mixup_off = list(MIXUP_EFFECT)[index // 4]
+        trial_id = f"t{index:02d}"
+        config = {
+            "config/dataset": "mnist1d",
+            "config/model": "mlp",
+            "config/epochs": EPOCHS,
+            "config/lr": float(10 ** rng.uniform(-3, -1)),
+            "config/batch_size": int(rng.choice([32, 64])),
+            "config/mixup_off": mixup_off,
+            "config/seed": index % 4,
+            "config/dropout": 0.1,
+            "config/mixup_alpha": 1.0,
+            "config/statistics": str(list(STATISTICS) if statistics else []),
+            "config/pretrain": ("none", "stacked")[index % 2] if pretrain else "none",
+        }
+        final = 0.7 + MIXUP_EFFECT[mixup_off] + rng.normal(0, 0.01)
+        status = (
+            "stopped" if index in stop_at else "diverged" if index == 10 else "error" if index == 11 else "finished"
+        )
+        epochs = {"stopped": stop_at.get(index), "diverged": 1, "error": 0}.get(status, EPOCHS)
+        curve = [final * (1 - np.exp(-e / 3)) + rng.normal(0, 0.005) for e in range(1, epochs + 1)]
+        if status == "diverged":
+            curve = [0.1]
+        for epoch, val_acc in enumerate(curve, start=1):
+            row = {"trial_id": trial_id, "epoch": epoch, "train_loss": 1.0 / epoch, "train_acc": val_acc + 0.02}
+            row.update(val_loss=1.1 / epoch, val_acc=val_acc, lr=config["config/lr"], epoch_seconds=0.5)
+            row.update(diverged=int(status == "diverged"), test_loss=np.nan, test_acc=np.nan)
+            if statistics:
+                row.update({name: float(np.exp(-epoch / 4) + rng.normal(0, 0.01)) for name in STATISTICS})
+                row["cp_end_acc50"] = 3.0 if epoch >= 3 else np.nan
+                row["cp_end_layer_rotation"] = 4.0 if epoch >= 4 else np.nan
+            if pretrain:
+                row["pretrain_recon_error"] = 0.2 if config["config/pretrain"] == "stacked" else np.nan
+            if status == "finished" and epoch == epochs:
+                row.update(test_loss=1.2 / epoch, test_acc=val_acc - 0.01)
+            rows.append({**row, **config})
+            if scheduler == "trajectory" and epoch >= 2:
+                stop = status == "stopped" and epoch == epochs
+                decisions.append(
+                    {"trial_id": trial_id, "epoch": epoch, "pred_mean": final + rng.normal(0, 0.03 / epoch),
+                     "pred_std": 0.05 / epoch, "threshold": 0.7, "p_beat": 0.01 if stop else 0.5,
+                     "action": "stop" if stop else "continue", "reason": "p_beat < 0.05" if stop else ""}
+                )  # fmt: skip
+        trial = {"trial_id": trial_id, "status": status, "error": ERROR_TEXT if status == "error" else None}
+        trial.update(epochs=epochs, val_acc=curve[-1] if curve else np.nan, best_val_acc=max(curve, default=np.nan))
+        trial.update(test_acc=curve[-1] - 0.01 if status == "finished" else np.nan, time_total_s=0.5 * epochs + 1)
+        if statistics:
+            trial.update(
+                cp_end_acc50=3.0 if epochs >= 3 else np.nan, cp_end_layer_rotation=4.0 if epochs >= 4 else np.nan
+            )
+        if pretrain:
+            trial["pretrain_recon_error"] = 0.2 + 0.01 * index if config["config/pretrain"] == "stacked" else np.nan
+        trials.append({**trial, **config})
+    pd.DataFrame(rows).to_parquet(run_dir / "trajectories.parquet")
+    pd.DataFrame(trials).to_parquet(run_dir / "trials.parquet")
+    if scheduler == "trajectory":
+        pd.DataFrame(decisions).to_parquet(run_dir / "decisions.parquet")
+    return run_dir
+
+
+def _figure_count(page: str) -> int:
+    return int(re.search(r'data-figure-count="(\d+)"', page).group(1))
+
+
+@pytest.fixture(scope="module")
+def trajectory_page(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("trajectory")
+    path = write_report(write_synthetic_run(root / "run"), root / "report")
+    assert path == root / "report" / "index.html"
+    return path.read_text(encoding="utf-8")
+
+
+def test_page_is_offline_with_plotly_inlined_once(trajectory_page: str) -> None:
+    plotly_js = plotly.offline.get_plotlyjs()
+    assert trajectory_page.count(plotly_js) == 1
+    assert trajectory_page.count("* plotly.js v") == 1
+    rest = trajectory_page.replace(plotly_js, "")
+    assert "cdn.plot.ly" not in rest
+    assert not re.search(r"<script[^>]*\bsrc=", rest), "no external scripts"
+    assert not re.search(r"""(src|href)=["']?https?://""", rest), "no network resources"
+    assert len(trajectory_page.encode()) < 6_000_000
+    assert len(rest.encode()) < 300_000, "figures and tables stay small next to plotly.js"
+
+
+def test_every_section_and_figure_present(trajectory_page: str) -> None:
+    for heading in ("Summary", "Learning curves", "Trajectory scheduler", "Parameter effects", "Mixup-off window",
+                    "Pretraining", "Trajectory statistics", "Trials", "Spec"):  # fmt: skip
+        assert f"<h2>{heading}</h2>" in trajectory_page
+    figures = trajectory_page.count('<div class="clp-figure">')
+    assert figures == _figure_count(trajectory_page)
+    # curves, prediction scatter, stop chart, importances, parallel coordinates, slices, mixup effect, statistics
+    assert figures == 8
+    assert trajectory_page.count('class="plotly-graph-div"') == figures
+    assert '"type":"parcoords"' in trajectory_page
+
+
+def test_summary_numbers(trajectory_page: str) -> None:
+    assert "12 run — 8 finished, 2 stopped, 1 diverged, 1 errored" in trajectory_page
+    # spent 8*10 + 4 + 6 + 1 + 0 = 91 of 120 epochs
+    assert "Epochs spent: 91 of the 120" in trajectory_page
+    assert "24.2 % compute saved" in trajectory_page
+    assert "Trial time:" in trajectory_page
+    assert "Back-test on finished trials" in trajectory_page
+    assert "p_beat &lt; 0.05" in trajectory_page
+
+
+def test_user_text_is_escaped(trajectory_page: str) -> None:
+    assert 'alert("spec")' not in trajectory_page
+    assert "&lt;script&gt;alert(&quot;spec&quot;)&lt;/script&gt;" in trajectory_page
+    assert 'alert("error")' not in trajectory_page
+    assert "CUDA &lt;script&gt;" in trajectory_page
+    assert "a &lt;b&gt;synthetic&lt;/b&gt; search" in trajectory_page
+
+
+def test_fifo_run_without_decisions_or_statistics(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", scheduler="fifo", statistics=False)
+    page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
+    assert "no decisions.parquet" in page
+    assert "recorded no trajectory statistics" in page
+    assert "No critical-period detector column" in page
+    figures = page.count('<div class="clp-figure">')
+    assert figures == _figure_count(page) == 5  # curves, importances, parallel coordinates, slices, mixup effect
+
+
+def test_pretrain_modes_are_compared(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", pretrain=True)
+    page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
+    section = page[page.index('<section id="pretrain">') :]
+    section = section[: section.index("</section>")]
+    assert "mean pretrain_recon_error" in section
+    assert "stacked" in section and "clp-figure" in section
+
+
+def test_mixup_comparison_leaves_out_trials_without_mixup(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run")
+    trials = pd.read_parquet(run / "trials.parquet")
+    trials.loc[trials["trial_id"].isin(["t00", "t04"]), "config/mixup_alpha"] = 0.0
+    trials.to_parquet(run / "trials.parquet")
+    page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
+    section = page[page.index('<section id="mixup">') :]
+    section = section[: section.index("</section>")]
+    assert "with Mixup on" in section
+    # t00 (mixup_off 0) and t04 (mixup_off 2) leave: 2 + 2 + 2 finished trials remain
+    assert [int(n) for n in re.findall(r'<tr><td data-value="[^"]*">[^<]*</td><td data-value="(\d+)"', section)] == [
+        2,
+        2,
+        2,
+    ]
+
+
+def test_run_with_nothing_finished_still_renders(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run")
+    trials = pd.read_parquet(run / "trials.parquet")
+    trials.loc[trials["status"] == "finished", "status"] = "stopped"
+    trials.to_parquet(run / "trials.parquet")
+    page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
+    assert "No trial finished" in page
+    assert page.count('<div class="clp-figure">') == _figure_count(page)
+
+
+def test_minimal_run_directory_renders(tmp_path: Path) -> None:
+    """Only the contract's required columns, no spec.yaml, no config: every section degrades to a sentence."""
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"trial_id": ["a", "a", "b"], "epoch": [1, 2, 1], "val_acc": [0.3, 0.5, 0.2]}).to_parquet(
+        run / "trajectories.parquet"
+    )
+    trials = {"trial_id": ["a", "b"], "status": ["finished", "stopped"], "error": [None, None], "epochs": [2, 1]}
+    trials.update(val_acc=[0.5, 0.2], best_val_acc=[0.5, 0.2], test_acc=[0.45, np.nan])
+    pd.DataFrame(trials).to_parquet(run / "trials.parquet")
+    page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
+    assert "The run directory has no spec.yaml." in page
+    assert "searches no parameter" in page
+    assert "Epochs spent: 3 of the 4" in page
+    assert page.count('<div class="clp-figure">') == _figure_count(page) == 1
+
+
+def test_missing_tables_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="trials.parquet"):
+        write_report(tmp_path, tmp_path / "out")
+
+
+def test_group_ci_matches_welch_and_flags_not_significant() -> None:
+    frame = pd.DataFrame(
+        {
+            "mixup_off": [0, 0, 0, 0, 2, 2, 2, 2, "0.2", "0.2", "0.2"],
+            "val_acc": [0.70, 0.71, 0.72, 0.71, 0.80, 0.81, 0.82, 0.80, 0.69, 0.74, 0.70],
+        }
+    )
+    effects = group_ci(frame, "mixup_off", "val_acc", baseline="0").set_index("setting")
+    assert list(effects.index) == ["0", "0.2", "2"]
+    assert effects.loc["0", "verdict"] == "baseline"
+    assert effects.loc["2", "verdict"] == "significant"
+    assert effects.loc["0.2", "verdict"] == "not significant"
+    base, other = frame["val_acc"][:4], frame["val_acc"][8:]
+    expected = stats.ttest_ind(other, base, equal_var=False).confidence_interval(0.95)
+    assert effects.loc["0.2", "diff_low"] == pytest.approx(expected.low)
+    assert effects.loc["0.2", "diff_high"] == pytest.approx(expected.high)
+    mean_ci = stats.t.interval(0.95, 3, loc=base.mean(), scale=stats.sem(base))
+    assert (effects.loc["0", "ci_low"], effects.loc["0", "ci_high"]) == pytest.approx(mean_ci)
+
+
+def test_group_ci_edge_cases() -> None:
+    frame = pd.DataFrame({"k": ["0", "0", "1", "2", "2"], "v": [0.5, 0.6, 0.7, 0.8, 0.8]})
+    effects = group_ci(frame, "k", "v", baseline="0").set_index("setting")
+    assert effects.loc["1", "verdict"] == "too few seeds"
+    assert np.isnan(effects.loc["1", "ci_low"])
+    no_baseline = group_ci(frame, "k", "v", baseline="9")
+    assert set(no_baseline["verdict"]) == {"no baseline"}
+    plain = group_ci(frame, "k", "v")
+    assert set(plain["verdict"]) == {""} and np.isnan(plain["diff"]).all()
+
+
+def test_setting_label_normalises_parquet_types() -> None:
+    assert {setting_label(v) for v in (2, 2.0, "2", "2.0", np.int64(2))} == {"2"}
+    assert setting_label(0.2) == setting_label("0.2") == "0.2"
+    assert setting_label("auto:acc50") == "auto:acc50"
+    assert setting_label(float("nan")) == "n/a"
+
+
+def test_searched_params_reads_spec_forms() -> None:
+    params = searched_params(
+        {"params": {"lr": {"loguniform": [1e-3, 1e-1]}, "width": {"int": {"low": 8, "high": 64}},
+                    "drop": {"uniform": [0, 0.5]}, "opt": {"choice": ["sgd", "adamw"]}, "epochs": 10}}
+    )  # fmt: skip
+    assert set(params) == {"lr", "width", "drop", "opt"}
+    assert params["lr"].log and params["width"].high == 64 and params["opt"].choices == ("sgd", "adamw")
+
+
+def test_decisions_near_picks_the_nearest_epoch() -> None:
+    decisions = pd.DataFrame({"trial_id": ["a"] * 4 + ["b"] * 2, "epoch": [2, 3, 5, 8, 1, 9], "pred_mean": 0.5})
+    budgets = pd.Series({"a": 20, "b": 10}).rename_axis("trial_id")
+    near = decisions_near(decisions, budgets, 0.25)
+    assert near.loc["a", "epoch"] == 5  # 25 % of 20
+    assert near.loc["b", "epoch"] == 1  # 2.5 is nearer 1 than 9
