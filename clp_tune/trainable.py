@@ -8,6 +8,7 @@ so one bad configuration never takes the search down.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -202,6 +203,7 @@ def train_trial(config: dict[str, Any]) -> None:
     """Ray Tune entry point: set threads and device from Ray's grant, resume from a checkpoint, train."""
     from ray import tune
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
     cpus, use_gpu = _assigned_resources()
     torch.set_num_threads(cpus)  # oversubscribed threads make side-by-side CPU trials several times slower
     device = torch.device("cuda") if use_gpu else torch.device("cpu")

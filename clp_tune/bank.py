@@ -1,0 +1,103 @@
+"""Record a trajectory bank: full-length trajectories of sampled configurations, with no early stopping.
+
+The bank is the trajectory predictor's default prior and the scheduler benchmark's default input. Schema
+(Parquet, one row per trial-epoch): ``trial_id``, ``epoch`` (1..T), every metric and statistic column the
+trainable reports (``val_acc`` is the one required column), and ``config/<knob>`` for the sampled knobs and
+``config/epochs``. Recording uses the real trainable without Ray, in a process pool, so it is plain PyTorch.
+
+    clp-tune bank record --out clp_tune/data/bank_mnist1d.parquet --trials 200 --epochs 40 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clp_tune.spec import KNOBS
+from clp_tune.statistics import STATISTIC_GROUPS
+
+SHIPPED_BANK = Path(__file__).parent / "data" / "bank_mnist1d.parquet"
+
+
+def sample_configs(n: int, epochs: int, seed: int) -> list[dict[str, Any]]:
+    """Configurations spread over the quickstart's space, wide enough that curves cross (late bloomers)."""
+    rng = np.random.default_rng(seed)
+    configs = []
+    for index in range(n):
+        config = {name: knob.default for name, knob in KNOBS.items()}
+        config.update(
+            dataset="mnist1d", model="cnn1d", epochs=epochs, statistics=",".join(STATISTIC_GROUPS),
+            lr=float(np.exp(rng.uniform(np.log(3e-4), np.log(5e-2)))),
+            batch_size=int(rng.choice([64, 128, 256])),
+            dropout=float(rng.uniform(0.0, 0.6)),
+            weight_decay=float(np.exp(rng.uniform(np.log(1e-5), np.log(1e-2)))),
+            label_noise=float(rng.choice([0.0, 0.0, 0.1, 0.2])),
+            mixup_alpha=float(rng.choice([0.0, 0.4, 1.0])),
+            mixup_kind=str(rng.choice(["input", "manifold"])),
+            mixup_off=[0, 3, 0.2, "auto:acc50"][int(rng.integers(4))],
+            seed=int(rng.integers(0, 10_000)),
+            trial_id=f"bank{index:04d}",
+        )  # fmt: skip
+        configs.append(config)
+    return configs
+
+
+def _record_one(config: dict[str, Any]) -> pd.DataFrame:
+    import torch
+
+    from clp_tune.trainable import run_trial
+
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    run_trial({k: v for k, v in config.items() if k != "trial_id"}, lambda row, state: rows.append(row))
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "trial_id", config["trial_id"])
+    for key, value in config.items():
+        if key not in ("trial_id", "dataset", "model", "statistics"):
+            frame[f"config/{key}"] = str(value) if key == "mixup_off" else value
+    return frame
+
+
+def record_bank(out: Path, trials: int, epochs: int, workers: int, seed: int = 0) -> pd.DataFrame:
+    """Train ``trials`` sampled configurations for ``epochs`` each and write the bank to ``out``."""
+    from clp_tune.store import write_table
+
+    configs = sample_configs(trials, epochs, seed)
+    frames, started = [], time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_record_one, config) for config in configs]
+        for done, future in enumerate(as_completed(futures), 1):
+            frames.append(future.result())
+            if done % 10 == 0 or done == trials:
+                print(f"recorded {done}/{trials} trials in {time.perf_counter() - started:.0f} s", flush=True)
+    bank = pd.concat(frames, ignore_index=True).sort_values(["trial_id", "epoch"])
+    floats = bank.select_dtypes("float64").columns
+    bank[floats] = bank[floats].astype("float32")  # the bank ships with the package: keep it small
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_table(bank, out)
+    return bank
+
+
+def add_bank_parser(commands: argparse._SubParsersAction) -> None:
+    bank = commands.add_parser("bank", help="record a trajectory bank (the predictor's prior)")
+    actions = bank.add_subparsers(dest="bank_action", required=True, metavar="ACTION")
+    record = actions.add_parser("record", help="train sampled mnist1d configurations to the end and store them")
+    record.add_argument("--out", type=Path, default=SHIPPED_BANK)
+    record.add_argument("--trials", type=int, default=200)
+    record.add_argument("--epochs", type=int, default=40)
+    record.add_argument("--workers", type=int, default=os.cpu_count())
+    record.add_argument("--seed", type=int, default=0)
+
+    def handler(args: argparse.Namespace) -> int:
+        frame = record_bank(args.out, args.trials, args.epochs, args.workers, args.seed)
+        print(f"wrote {args.out}: {frame.trial_id.nunique()} trials, {len(frame)} rows")
+        return 0
+
+    record.set_defaults(handler=handler)
