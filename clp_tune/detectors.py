@@ -15,10 +15,9 @@ Rules follow the papers' reference code (see /work/shared/notes/papers.md):
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-
-import numpy as np
 
 Detector = Callable[[Sequence[float], int], "int | None"]
 
@@ -28,6 +27,20 @@ def _finite(series: Sequence[float]) -> Iterator[tuple[int, float]]:
     for index, value in enumerate(series):
         if value is not None and math.isfinite(value):
             yield index + 1, float(value)
+
+
+def _slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Least-squares slope of y on x (closed form: trainables rerun detectors every epoch, numpy calls add up)."""
+    mean_x, mean_y = sum(x) / len(x), sum(y) / len(y)
+    return sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y, strict=True)) / sum((a - mean_x) ** 2 for a in x)
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    """``numpy.percentile(values, q)`` (default linear interpolation) of already sorted values."""
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def layer_rotation(series: Sequence[float], budget: int, *, window: int = 5, max_angle: float = 45.0) -> int | None:
@@ -42,8 +55,7 @@ def layer_rotation(series: Sequence[float], budget: int, *, window: int = 5, max
         epochs.append(epoch)
         values.append(value)
         if len(values) >= window:
-            x = np.asarray(epochs[-window:], dtype=float) / budget
-            slope = np.polyfit(x, np.asarray(values[-window:]), 1)[0]
+            slope = _slope([e / budget for e in epochs[-window:]], values[-window:])
             if math.degrees(math.atan(slope)) < max_angle:
                 return epoch
     return None
@@ -55,13 +67,13 @@ def grad_confusion(series: Sequence[float], budget: int, *, min_history: int = 4
     Gradient confusion stays high while the network is still sorting out conflicting samples; a sudden drop marks the
     end of that phase. Needs ``min_history`` earlier values. ``budget`` is unused (kept for the common signature).
     """
-    history: list[float] = []
+    history: list[float] = []  # kept sorted
     for epoch, value in _finite(series):
         if len(history) >= min_history:
-            q1, q3 = np.percentile(history, [25, 75])
+            q1, q3 = _percentile(history, 25), _percentile(history, 75)
             if value < q1 - whisker * (q3 - q1):
                 return epoch
-        history.append(value)
+        bisect.insort(history, value)
     return None
 
 

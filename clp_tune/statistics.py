@@ -58,7 +58,7 @@ GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 PROBE_SIZE = 64
 PROBE_BATCHES = 4
-# Per-sample gradients held at once by the Fisher vmap (elements); bounds memory for large models like ResNet-18.
+# Per-sample gradient elements held at once for the Fisher trace: bounds memory for large models like ResNet-18.
 FISHER_CHUNK_ELEMENTS = 1 << 24
 
 _STEP_GROUPS = frozenset({"grad_norm", "grad_noise", "trajectory_complexity"})
@@ -84,7 +84,7 @@ class TrajectoryStatistics:
         num_classes: number of classes of the task.
         seed: seeds the Fisher-label uniforms, so a trial's statistics are reproducible.
         probe_size: how many probe samples the probe statistics use. Their per-sample work is most of the statistics'
-            cost (about 4 % of a quickstart epoch at 64 samples on one CPU thread, and linear in the count).
+            cost (about 5 % of a quickstart epoch at 64 samples on one CPU thread, and linear in the count).
         probe_batches: the probe set is split, in order, into this many fixed minibatches for ``grad_confusion``.
     """
 
@@ -120,21 +120,15 @@ class TrajectoryStatistics:
 
         # Per-step records (reset every epoch): device tensors and floats only, so that a step never waits for them.
         self._grad_buffer = torch.zeros(self._numel, device=self._device, dtype=self._dtype)
-        self._zeros = torch.zeros_like(self._grad_buffer)  # stands in for the gradient of unused parameters
+        self._zeros = torch.zeros(max(p.numel() for p in params), device=self._device, dtype=self._dtype)
+        self._per_step = bool(self.enabled & _STEP_GROUPS)
         self._grad_sum = torch.zeros_like(self._grad_buffer) if "grad_noise" in self.enabled else None
         self._step_norms: list[Tensor] = []
         self._step_lrs: list[float] = []
 
-        # Layer rotation: each weight layer's elements (dim >= 2) get the layer's index, the rest a spare index.
-        weight_layers = [p.dim() >= 2 for p in params]
-        self._layers = sum(weight_layers)
-        layer_ids = torch.cumsum(torch.tensor(weight_layers), 0) - 1
-        self._layer_index = torch.cat(
-            [
-                torch.full((p.numel(),), int(i) if weight else self._layers)
-                for p, weight, i in zip(params, weight_layers, layer_ids, strict=True)
-            ]
-        ).to(self._device)
+        # Layer rotation: the flat parameter vector splits into parameters; those with dim >= 2 are weight layers.
+        self._sizes = [p.numel() for p in params]
+        self._is_weight_layer = [p.dim() >= 2 for p in params]
 
         # Cumulative state (part of state_dict).
         self._tse = 0.0
@@ -142,14 +136,14 @@ class TrajectoryStatistics:
         self._complexity = torch.zeros((), device=self._device, dtype=torch.float64)
         self._w0 = self._flat_weights(model) if self.enabled & _WEIGHT_GROUPS else None
         self._w_prev = self._w0
-        self._w0_layer_norms = self._layer_sums(self._w0 * self._w0).sqrt() if self._w0 is not None else None
+        self._w0_layer_norms = self._layer_norms(self._w0)
         self._features_prev = self._probe_features(model) if "activation_distance" in self.enabled else None
 
     # ------------------------------------------------------------------ per step
 
     def observe_step(self, model: BlockNet, lr: float) -> None:
         """Record this minibatch's gradient (``p.grad``, after ``backward`` and before ``step``)."""
-        if not self.enabled & _STEP_GROUPS:
+        if not self._per_step:
             return
         params = self._params if model is self._model else list(model.parameters())
         g = torch.cat(
@@ -167,16 +161,14 @@ class TrajectoryStatistics:
         """Close the epoch: the enabled statistic columns, as floats (one host sync for all of them)."""
         self._tse += train_loss
         values: dict[str, Tensor] = {}
-        if self.enabled & _STEP_GROUPS:
+        if self._per_step:
             values.update(self._step_statistics())
 
         step_length = None
         if self._w0 is not None:
             w = self._flat_weights(model)
             if "layer_rotation" in self.enabled:
-                cosine = self._layer_sums(w * self._w0) / (self._layer_sums(w * w).sqrt() * self._w0_layer_norms)
-                distance = 1.0 - cosine.nan_to_num(0.0).clamp(-1.0, 1.0)
-                values["layer_rotation"] = distance.mean() if self._layers else self._nan()
+                values["layer_rotation"] = self._layer_rotation(w)
             if "weight_distance" in self.enabled:
                 values["weight_distance"] = torch.linalg.vector_norm(w - self._w0)
                 step_length = torch.linalg.vector_norm(w - self._w_prev)
@@ -203,7 +195,7 @@ class TrajectoryStatistics:
         if self._step_norms:
             squares = torch.stack(self._step_norms).double().square()
             lrs = torch.tensor(self._step_lrs, dtype=squares.dtype, device=squares.device)
-            self._complexity += (squares * lrs).sum()
+            self._complexity = self._complexity + (squares * lrs).sum()  # not in place: state_dict() shares it
             mean_norm, mean_square = squares.sqrt().mean(), squares.mean()
         else:  # an epoch without steps: no gradient to describe
             mean_norm = mean_square = self._nan()
@@ -257,8 +249,20 @@ class TrajectoryStatistics:
 
     def _layer_sums(self, elementwise: Tensor) -> Tensor:
         """Sum ``elementwise`` (a flat all-parameter vector) per weight layer."""
-        sums = torch.zeros(self._layers + 1, device=elementwise.device, dtype=elementwise.dtype)
-        return sums.index_add_(0, self._layer_index, elementwise)[: self._layers]
+        parts = elementwise.split(self._sizes)
+        return torch.stack([part.sum() for part, weight in zip(parts, self._is_weight_layer, strict=True) if weight])
+
+    def _layer_norms(self, w: Tensor | None) -> Tensor | None:
+        if w is None or not any(self._is_weight_layer):
+            return None
+        return self._layer_sums(w * w).sqrt()
+
+    def _layer_rotation(self, w: Tensor) -> Tensor:
+        """Mean over weight layers of the cosine distance ``1 - cos(w_t, w_0)``; 0 unchanged, 2 sign-flipped."""
+        if not any(self._is_weight_layer):
+            return self._nan()
+        cosine = self._layer_sums(w * self._w0) / (self._layer_norms(w) * self._w0_layer_norms)
+        return (1.0 - cosine.nan_to_num(0.0).clamp(-1.0, 1.0)).mean()
 
     def _probe_features(self, model: BlockNet) -> Tensor:
         was_training = model.training
@@ -272,7 +276,10 @@ class TrajectoryStatistics:
     # ------------------------------------------------------------------ checkpointing
 
     def state_dict(self) -> dict[str, Any]:
-        """The cumulative state a resumed trial needs (taken between epochs)."""
+        """The cumulative state a resumed trial needs (taken between epochs).
+
+        The tensors are shared, not copied: none is ever modified in place, so the dict stays a snapshot.
+        """
         return {
             "enabled": sorted(self.enabled),
             "tse": self._tse,
@@ -293,15 +300,14 @@ class TrajectoryStatistics:
         self._complexity = on_device(state["complexity"])
         self._w0, self._w_prev = on_device(state["w0"]), on_device(state["w_prev"])
         self._features_prev = on_device(state["features_prev"])
-        if self._w0 is not None:
-            self._w0_layer_norms = self._layer_sums(self._w0 * self._w0).sqrt()
+        self._w0_layer_norms = self._layer_norms(self._w0)
 
 
 # ---------------------------------------------------------------------- probe gradients
 #
 # Both gradient statistics need per-sample (Fisher) or per-minibatch (confusion) gradients of the probe loss.
-# torch.func gets them for any model, but on CPU its per-sample convolution gradients run as grouped convolutions,
-# which cost more than a whole training epoch of the quickstart CNN. For the layers our models are built from
+# torch.func gets them for any model, but on CPU its per-sample convolution gradients run as grouped convolutions:
+# the Fisher trace alone cost about a fifth of a quickstart CNN epoch that way. For the layers our models are built from
 # (Linear, Conv1d/2d, BatchNorm in eval mode) the gradient of one sample is a product of the layer's input and its
 # output gradient, so one hooked forward pass, one backward pass per loss and a few batched matmuls give the same
 # numbers at a fraction of the cost; torch.func remains the fallback for any other layer.
@@ -413,40 +419,51 @@ def _outer_square_norms(d: Tensor, a: Tensor) -> Tensor:
     return torch.cat(norms)
 
 
+def _sample_square_norms(layer: nn.Module, a: Tensor, delta: Tensor) -> Tensor:
+    """(B,) squared norms of each sample's gradient of this layer's trainable parameters."""
+    outer, summed = _gradient_factors(layer, a, delta)
+    norms = [_outer_square_norms(d, x) for d, x in outer] + [v.sum(1).square().sum(1) for v in summed]
+    return torch.stack(norms).sum(0)
+
+
+def _minibatch_gradients(layer: nn.Module, a: Tensor, delta: Tensor, k: int) -> list[Tensor]:
+    """(k, n) gradients of this layer's trainable parameters for k equal consecutive minibatches of the samples."""
+    outer, summed = _gradient_factors(layer, a, delta)
+    grads = [(d.reshape(k, -1, d.shape[2]).mT @ x.reshape(k, -1, x.shape[2])).reshape(k, -1) for d, x in outer]
+    return grads + [v.reshape(k, -1, v.shape[2]).sum(1) for v in summed]
+
+
 def _factored_statistics(
     capture: _LayerCapture, logits: Tensor, y: Tensor, labels: Tensor, k: int, b: int, wanted: Collection[str]
 ) -> dict[str, Tensor]:
+    """Fisher trace (per-sample gradients, sampled labels) and gradient confusion (k minibatches of b, true labels)."""
+    fisher, confusion = "fisher_trace" in wanted, "grad_confusion" in wanted and k >= 2
     layers = list(capture.outputs)
     outputs = [capture.outputs[layer] for layer in layers]
-    inputs = {layer: _input_factor(layer, capture.inputs[layer]) for layer in layers}
-    values: dict[str, Tensor] = {}
-    if "fisher_trace" in wanted:
-        loss = F.cross_entropy(logits, labels, reduction="sum")  # summed: each sample's delta is its own gradient
-        deltas = torch.autograd.grad(loss, outputs, retain_graph="grad_confusion" in wanted, allow_unused=True)
-        norms = torch.zeros(len(labels), device=logits.device, dtype=logits.dtype)
-        for layer, delta in zip(layers, deltas, strict=True):
-            if delta is None:
-                continue
-            outer, summed = _gradient_factors(layer, inputs[layer], delta)
-            for d, a in outer:
-                norms += _outer_square_norms(d, a)
-            for v in summed:
-                norms += v.sum(1).square().sum(1)
-        values["fisher_trace"] = norms.mean()
-    if "grad_confusion" in wanted:
-        if k < 2:
-            return values | {"grad_confusion": torch.full((), math.nan, device=logits.device)}
-        n = k * b
+    n = k * b
+    # Summed losses, so that each sample's output gradient is its own (eval mode: samples do not interact).
+    fisher_deltas = confusion_deltas = [None] * len(layers)
+    if fisher:
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        fisher_deltas = torch.autograd.grad(loss, outputs, retain_graph=True, allow_unused=True)
+    if confusion:
         loss = F.cross_entropy(logits[:n], y[:n], reduction="sum") / b  # the sum of the k minibatch mean losses
-        deltas = torch.autograd.grad(loss, outputs, allow_unused=True)
-        grads = []
-        for layer, delta in zip(layers, deltas, strict=True):
-            if delta is None:
-                continue
-            outer, summed = _gradient_factors(layer, inputs[layer][:n], delta[:n])
-            grads += [(d.reshape(k, -1, d.shape[2]).mT @ a.reshape(k, -1, a.shape[2])).reshape(k, -1) for d, a in outer]
-            grads += [v.reshape(k, -1, v.shape[2]).sum(1) for v in summed]
+        confusion_deltas = torch.autograd.grad(loss, outputs, allow_unused=True)
+    norms = torch.zeros(len(labels), device=logits.device, dtype=logits.dtype)
+    grads: list[Tensor] = []
+    for layer, fisher_delta, confusion_delta in zip(layers, fisher_deltas, confusion_deltas, strict=True):
+        a = _input_factor(layer, capture.inputs[layer])  # one layer's im2col patches at a time: bounded memory
+        if fisher_delta is not None:
+            norms += _sample_square_norms(layer, a, fisher_delta)
+        if confusion_delta is not None:
+            grads += _minibatch_gradients(layer, a[:n], confusion_delta[:n], k)
+    values: dict[str, Tensor] = {}
+    if fisher:
+        values["fisher_trace"] = norms.mean()
+    if confusion:
         values["grad_confusion"] = _max_pairwise_cosine(torch.cat(grads, dim=1))
+    elif "grad_confusion" in wanted:  # fewer than two probe minibatches
+        values["grad_confusion"] = torch.full((), math.nan, device=logits.device)
     return values
 
 

@@ -29,7 +29,7 @@ from clp_tune.model import BlockNet, build_model
 from clp_tune.pretrain import pretrain_dae
 from clp_tune.statistics import TrajectoryStatistics
 
-PROBE_SIZE = 128
+PROBE_SIZE = 64  # the per-sample statistics cost grows linearly with the probe set
 EVAL_BATCH = 2048
 CHECKPOINT_FILE = "trial_state.pt"
 

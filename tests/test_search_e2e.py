@@ -67,6 +67,13 @@ def test_report_is_written_offline(fifo_run) -> None:
     assert (fifo_run.run_dir / "report" / "index.html").exists()
 
 
+def test_real_report_renders_in_chromium(fifo_run) -> None:
+    """The report of this real run draws every chart in headless Chromium with a clean console."""
+    from test_report_browser import ARTIFACTS, assert_report_renders
+
+    assert_report_renders(fifo_run.report_dir / "index.html", ARTIFACTS / "report-real-run.png")
+
+
 def test_optuna_with_asha(ray_local, tmp_path: Path) -> None:
     spec = parse_spec(tiny_spec(searcher="optuna", scheduler={"type": "asha", "grace_period": 1}, num_samples=4,
                                 epochs=4))  # fmt: skip

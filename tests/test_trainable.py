@@ -106,3 +106,12 @@ def test_label_noise_flips_the_requested_fraction() -> None:
     noisy = corrupt_labels(labels, 0.3, 10, seed=1)
     assert abs((noisy != labels).float().mean().item() - 0.3) < 0.02
     assert torch.equal(corrupt_labels(labels, 0.3, 10, seed=1), noisy)
+
+
+def test_auto_window_switches_mixup_on_when_its_detector_fires(digits) -> None:
+    rows, _ = train(config(mixup_alpha=1.0, mixup_off="auto:acc50", lr=0.001, epochs=6), digits)
+    fired = rows[-1]["cp_end_acc50"]
+    assert 1 <= fired < 6, "acc50 should fire within the run on digits"
+    assert fired == next(r["epoch"] for r in rows if r["train_acc"] >= 0.5)
+    for row in rows:
+        assert row["mixup_alpha_used"] == (0.0 if row["epoch"] <= fired else 1.0), row["epoch"]
