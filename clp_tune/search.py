@@ -55,7 +55,8 @@ def make_searcher(spec: Spec):
         return OptunaSearch(sampler=sampler)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=spec.search_seed)
+    # Tune ignores TuneConfig.max_concurrent_trials for a passed-in generator: give it the limit itself.
+    return BasicVariantGenerator(random_state=spec.search_seed, max_concurrent=spec.max_concurrent_trials)
 
 
 def make_scheduler(spec: Spec, run_dir: Path):
