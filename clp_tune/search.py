@@ -44,6 +44,11 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         token.chmod(0o600)  # Ray 2.60 writes it world-readable; it grants control of the cluster
 
 
+def _quiet_tune() -> None:
+    """Checkpointing every epoch (for exact resume) makes Tune save its experiment state often; it warns each time."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
 def make_searcher(spec: Spec):
     """Optuna TPE (through Ray's OptunaSearch) or plain random sampling."""
     if spec.searcher == "optuna":
@@ -101,6 +106,7 @@ def run_search(
     """
     from ray import tune
 
+    _quiet_tune()
     run_name = run_name or f"{spec.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     storage = str(storage_path) if _is_uri(storage_path) else str(Path(storage_path).resolve())
     local_dir = (Path("runs") / run_name).resolve() if _is_uri(storage) else Path(storage) / run_name
@@ -132,6 +138,7 @@ def resume_search(run_dir: str | Path, reports_dir: str | Path = "reports") -> R
     if not tune.Tuner.can_restore(str(run_dir)):
         raise FileNotFoundError(f"{run_dir} is not a Ray Tune run directory that can be resumed")
     spec = load_spec(run_dir / SPEC_FILE)
+    _quiet_tune()
     tuner = tune.Tuner.restore(
         str(run_dir), trainable=trainable_for(spec), resume_unfinished=True, resume_errored=False
     )

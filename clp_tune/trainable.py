@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -199,11 +200,19 @@ def _assigned_resources() -> tuple[int, bool]:
     return max(1, int(assigned.get("CPU", 1))), assigned.get("GPU", 0) > 0 and torch.cuda.is_available()
 
 
+def _silence_exit_on_stop(hook_args: Any, default: Callable[[Any], None] = sys.unraisablehook) -> None:
+    """Ray ends a stopped trial's actor with SIGTERM, whose handler raises SystemExit wherever the worker is,
+    often inside a weakref callback: Python then prints an "Exception ignored" traceback for a normal stop."""
+    if not isinstance(hook_args.exc_value, SystemExit):
+        default(hook_args)
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Ray Tune entry point: set threads and device from Ray's grant, resume from a checkpoint, train."""
     from ray import tune
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
+    sys.unraisablehook = _silence_exit_on_stop
     cpus, use_gpu = _assigned_resources()
     torch.set_num_threads(cpus)  # oversubscribed threads make side-by-side CPU trials several times slower
     device = torch.device("cuda") if use_gpu else torch.device("cpu")
