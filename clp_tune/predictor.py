@@ -1,0 +1,512 @@
+"""Predict a trial's final validation accuracy, with an honest spread, from its partial trajectory.
+
+Early curves cross: trials slowed by strong regularization (dropout, label noise, a small learning rate) rise
+late (Shalova et al., arXiv 2404.12293), and a cosine schedule lifts every curve near its end. The last value is
+therefore a biased guess, and a scheduler that stops trials needs a *distribution* of the final value, not a
+point. Three ingredients, from cheapest to most informed:
+
+* a parametric learning-curve extrapolation: power-law, exponential and logarithmic shapes fitted to val_acc
+  against the fraction of the budget, weighted by how well each fits (always available, needs nothing else);
+* a prior learned on a trajectory bank (one row per trial-epoch, see :data:`BANK_DOC`): gradient-boosted trees
+  map features of the partial trajectory at budget fraction f (curve summaries, the extrapolation, training
+  curves, trajectory statistics, the hyperparameters that set the noise scale) to the gain still to come, and a
+  second model maps the same features to the size of its out-of-fold errors;
+* online learning from the trials this search has finished: every finished trial is a fresh out-of-sample test
+  of the current model at each fraction (bias and spread are recalibrated at once, shrunk towards none), and
+  the trees are refitted with the search's own trials every few finished trials.
+
+Budgets may differ between the bank and the search, so everything is indexed by the fraction f = epoch / budget.
+Features that a trial does not report are not used for it: the model is fitted (and cached) for the set of
+feature columns the trial actually has, so a bank or a trial with val_acc curves only works too.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+BANK_DOC = """\
+One row per (trial, epoch): trial_id (str), epoch (int, 1..T), val_acc (required); optional val_loss, train_acc,
+train_loss, lr, statistic columns and config/<key> columns. Budget T = config/epochs if present, else max epoch."""
+
+STATISTIC_COLUMNS = (
+    "grad_norm", "grad_noise", "grad_noise_ratio", "grad_confusion", "layer_rotation", "weight_distance",
+    "path_length", "fisher_trace", "activation_distance", "tse", "trajectory_complexity",
+)  # fmt: skip
+CURVE_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "lr")
+#: Columns of a trial's history that the predictor reads; everything else in a result is ignored.
+HISTORY_COLUMNS = CURVE_COLUMNS + STATISTIC_COLUMNS
+#: Budget fractions at which training examples are cut from each finished trajectory.
+FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+MODELS = ("cnn1d", "mlp", "convnet", "resnet18")
+MIN_STD = 0.004  # one validation sample in a few hundred: below this a spread is false precision
+_SMOOTH = 3  # epochs averaged into the "current level" of a curve
+_SLOPE = 5  # epochs in the recent-slope window
+
+History = Mapping[str, Sequence[float]]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Normal predictive distribution of the final validation accuracy."""
+
+    mean: float
+    std: float
+
+    def prob_above(self, threshold: float) -> float:
+        """P(final > threshold)."""
+        return float(norm.sf(threshold, loc=self.mean, scale=max(self.std, MIN_STD)))
+
+    def quantile(self, q: float) -> float:
+        return float(norm.ppf(q, loc=self.mean, scale=max(self.std, MIN_STD)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parametric learning-curve extrapolation
+# ---------------------------------------------------------------------------------------------------------------
+
+_POW_C = np.geomspace(0.1, 3.0, 9)
+_EXP_C = np.geomspace(0.5, 40.0, 9)
+
+
+def _best_linear_fit(basis: np.ndarray, y: np.ndarray, at_end: np.ndarray) -> tuple[float, float]:
+    """Least-squares y ~ a + b * basis[j] for every row j; returns (SSE, value at the budget end) of the best row."""
+    centered = basis - basis.mean(axis=1, keepdims=True)
+    yc = y - y.mean()
+    var = (centered**2).sum(axis=1)
+    b = np.divide(centered @ yc, var, out=np.zeros(len(basis)), where=var > 1e-12)
+    a = y.mean() - b * basis.mean(axis=1)
+    sse = ((y - a[:, None] - b[:, None] * basis) ** 2).sum(axis=1)
+    j = int(np.argmin(sse))
+    return float(sse[j]), float(a[j] + b[j] * at_end[j])
+
+
+def curve_extrapolation(val_acc: Sequence[float], budget: int) -> tuple[float, float]:
+    """Extrapolate a validation-accuracy curve to the end of its budget.
+
+    Fits y = a + b*x^-c (power law), y = a + b*exp(-c*x) (exponential, c on a grid) and y = a + b*log(x), with x
+    the fraction of the budget, and averages the three end values weighted by 1 / (mean squared error + noise
+    floor). Returns (extrapolated final accuracy, disagreement between the shapes). With fewer than three epochs
+    there is nothing to fit: the recent level is returned with zero disagreement.
+    """
+    y = np.asarray(val_acc, dtype=float)
+    t = len(y)
+    if t < 3:
+        return float(y[-_SMOOTH:].mean()), 0.0
+    x = np.arange(1, t + 1) / budget
+    fits = [
+        _best_linear_fit(x[None, :] ** -_POW_C[:, None], y, np.ones(len(_POW_C))),
+        _best_linear_fit(np.exp(-_EXP_C[:, None] * x[None, :]), y, np.exp(-_EXP_C)),
+        _best_linear_fit(np.log(x)[None, :], y, np.zeros(1)),
+    ]
+    sse = np.array([f[0] for f in fits])
+    ends = np.clip([f[1] for f in fits], 0.0, 1.0)
+    weights = 1.0 / (sse / t + 1e-4)
+    weights /= weights.sum()
+    mean = float(weights @ ends)
+    return mean, float(np.sqrt(weights @ (ends - mean) ** 2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Features of a partial trajectory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _finite(values: Sequence[float] | None) -> np.ndarray:
+    if values is None:
+        return np.empty(0)
+    a = np.asarray(values, dtype=float)
+    return a[np.isfinite(a)]
+
+
+def _slope(y: np.ndarray, budget: int) -> float:
+    """Least-squares slope of the last few values per unit of budget fraction (so budgets compare)."""
+    y = y[-_SLOPE:]
+    if len(y) < 2:
+        return 0.0
+    x = np.arange(len(y), dtype=float) - (len(y) - 1) / 2
+    return float((x @ y) / (x @ x) * budget)
+
+
+def _signed_log(v: float) -> float:
+    return math.copysign(math.log1p(abs(v)), v)
+
+
+def _config_value(config: Mapping[str, Any], key: str) -> Any:
+    if key in config:
+        return config[key]
+    return config.get(f"config/{key}")
+
+
+def _number(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out if math.isfinite(out) else math.nan
+
+
+def _config_features(config: Mapping[str, Any]) -> dict[str, float]:
+    """Hyperparameters that set the noise scale and the regularization strength, on scales trees split well."""
+    lr, bs = _number(_config_value(config, "lr")), _number(_config_value(config, "batch_size"))
+    out = {
+        "log_lr": math.log10(lr) if lr > 0 else math.nan,
+        "log_batch_size": math.log2(bs) if bs > 0 else math.nan,
+        "log_noise_scale": math.log10(lr / bs) if lr > 0 and bs > 0 else math.nan,
+        "dropout": _number(_config_value(config, "dropout")),
+        "label_noise": _number(_config_value(config, "label_noise")),
+        "log_weight_decay": math.log10(_number(_config_value(config, "weight_decay")) + 1e-6),
+        "mixup_alpha": _number(_config_value(config, "mixup_alpha")),
+        "momentum": _number(_config_value(config, "momentum")),
+        "high_loss_q": _number(_config_value(config, "high_loss_q")),
+    }
+    for key, level in (("optimizer", "adamw"), ("lr_schedule", "cosine"), ("pretrain", "none")):
+        value = _config_value(config, key)
+        out[f"{key}_is_{level}"] = math.nan if value is None else float(str(value) == level)
+    model = _config_value(config, "model")
+    for name in MODELS:
+        out[f"model_is_{name}"] = math.nan if model is None else float(str(model) == name)
+    return out
+
+
+def trajectory_features(history: History, config: Mapping[str, Any], budget: int) -> dict[str, float]:
+    """Features of a trajectory observed up to epoch t = len(history["val_acc"]); NaN where a column is absent."""
+    val = np.asarray(history["val_acc"], dtype=float)
+    val = np.where(np.isfinite(val), val, 0.0)
+    t = len(val)
+    level = float(val[-_SMOOTH:].mean())
+    extrapolated, disagreement = curve_extrapolation(val, budget)
+    f: dict[str, float] = {
+        "fraction": t / budget,
+        "val_acc_last": float(val[-1]),
+        "val_acc_level": level,
+        "val_acc_max": float(val.max()),
+        "val_acc_slope": _slope(val, budget),
+        "val_acc_jitter": float(np.std(np.diff(val[-_SLOPE - 1 :]))) if t > 2 else 0.0,
+        "curve_extrapolation": extrapolated,
+        "curve_gain": extrapolated - level,
+        "curve_disagreement": disagreement,
+    }
+    val_loss = _finite(history.get("val_loss"))
+    train_acc = _finite(history.get("train_acc"))
+    train_loss = _finite(history.get("train_loss"))
+    lr = _finite(history.get("lr"))
+    f["val_loss_last"] = float(val_loss[-_SMOOTH:].mean()) if len(val_loss) else math.nan
+    f["val_loss_rise"] = float(val_loss[-1] - val_loss.min()) if len(val_loss) else math.nan
+    f["val_loss_slope"] = _slope(val_loss, budget) if len(val_loss) else math.nan
+    f["train_acc_last"] = float(train_acc[-_SMOOTH:].mean()) if len(train_acc) else math.nan
+    f["generalization_gap"] = f["train_acc_last"] - level
+    f["train_acc_slope"] = _slope(train_acc, budget) if len(train_acc) else math.nan
+    f["train_loss_last"] = float(train_loss[-1]) if len(train_loss) else math.nan
+    f["train_loss_mean"] = float(train_loss.mean()) if len(train_loss) else math.nan  # TSE / t, budget-free
+    f["lr_progress"] = float(lr[-1] / lr[0]) if len(lr) and lr[0] > 0 else math.nan
+    for column in STATISTIC_COLUMNS:
+        values = _finite(history.get(column))
+        f[f"stat_{column}"] = _signed_log(float(values[-1])) if len(values) else math.nan
+    f.update(_config_features(config))
+    return f
+
+
+FEATURES = tuple(trajectory_features({"val_acc": [0.1]}, {}, 10))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trajectories from a bank
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trajectory:
+    """One trial's whole run: its history columns, its config and its budget."""
+
+    history: dict[str, list[float]]
+    config: dict[str, Any]
+    budget: int
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history["val_acc"])
+
+    @property
+    def final(self) -> float:
+        return float(self.history["val_acc"][-1])
+
+    def upto(self, epoch: int) -> dict[str, list[float]]:
+        return {k: v[:epoch] for k, v in self.history.items()}
+
+
+def trajectories_from_frame(frame: pd.DataFrame) -> list[Trajectory]:
+    """Split a bank-schema frame into trajectories, in order of first appearance of each trial."""
+    if "val_acc" not in frame or "trial_id" not in frame or "epoch" not in frame:
+        raise ValueError(f"a trajectory bank needs trial_id, epoch and val_acc columns. {BANK_DOC}")
+    columns = [c for c in HISTORY_COLUMNS if c in frame]
+    config_columns = [c for c in frame.columns if c.startswith("config/")]
+    out = []
+    for trial_id, rows in frame.groupby("trial_id", sort=False):
+        rows = rows.drop_duplicates("epoch", keep="last").sort_values("epoch")
+        config = {c[len("config/") :]: rows[c].iloc[0] for c in config_columns}
+        config["trial_id"] = str(trial_id)
+        epochs = _number(config.get("epochs"))
+        budget = int(epochs) if epochs > 0 else int(rows["epoch"].max())
+        history = {c: rows[c].astype(float).tolist() for c in columns}
+        out.append(Trajectory(history, config, budget))
+    return out
+
+
+def is_complete(trajectory: Trajectory) -> bool:
+    """Ran its whole budget without diverging: its last val_acc is a true final."""
+    diverged = trajectory.history.get("diverged")
+    return trajectory.epochs >= trajectory.budget and not (diverged and diverged[-1] == 1)
+
+
+def _cut_epochs(budget: int) -> list[int]:
+    return sorted({min(budget - 1, max(1, round(f * budget))) for f in FRACTIONS if budget > 1})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The predictor
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Fitted:
+    """Trees for one set of available features: the gain still to come and the size of its error."""
+
+    columns: list[str]
+    medians: np.ndarray
+    gain: Any
+    error: Any
+
+    def matrix(self, rows: list[dict[str, float]]) -> np.ndarray:
+        x = np.array([[r.get(c, math.nan) for c in self.columns] for r in rows], dtype=float)
+        return np.where(np.isnan(x), self.medians, x)
+
+
+def _trees(n_estimators: int, depth: int, learning_rate: float, seed: int):
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    # Plain (not histogram) boosting: predicting one row takes ~0.2 ms instead of ~10 ms of thread start-up;
+    # row and feature subsampling keep a fit on a few thousand rows around a second.
+    return GradientBoostingRegressor(
+        n_estimators=n_estimators, max_depth=depth, learning_rate=learning_rate, subsample=0.7, max_features=0.5,
+        min_samples_leaf=8, random_state=seed,
+    )  # fmt: skip
+
+
+@dataclass
+class _Calibration:
+    """Online bias and spread correction per budget fraction, from this search's finished trials.
+
+    Each finished trial was unseen by the model that judged it, so its residuals at every fraction are honest
+    tests. Both corrections are shrunk towards "none" with ``strength`` pseudo-observations.
+    """
+
+    strength: float = 5.0
+    residuals: dict[int, list[tuple[float, float]]] = field(default_factory=dict)  # bin -> (error, predicted std)
+
+    @staticmethod
+    def bin(fraction: float) -> int:
+        return int(np.argmin([abs(fraction - f) for f in FRACTIONS]))
+
+    def add(self, fraction: float, error: float, std: float) -> None:
+        self.residuals.setdefault(self.bin(fraction), []).append((error, std))
+
+    def correct(self, fraction: float, mean: float, std: float) -> tuple[float, float]:
+        seen = self.residuals.get(self.bin(fraction))
+        if not seen:
+            return mean, std
+        errors = np.array([e for e, _ in seen])
+        z2 = np.array([(e / max(s, MIN_STD)) ** 2 for e, s in seen])
+        bias = errors.sum() / (len(errors) + self.strength)
+        scale = math.sqrt((z2.sum() + self.strength) / (len(z2) + self.strength))
+        return mean + bias, std * scale
+
+
+class Predictor(Protocol):
+    """What the scheduler needs from a predictor."""
+
+    def predict(self, history: History, config: Mapping[str, Any], budget: int) -> Prediction: ...
+
+    def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None: ...
+
+
+class FinalAccuracyPredictor:
+    """Predictive distribution of a trial's final val_acc from its partial trajectory.
+
+    Fits are deterministic functions of (bank, the finished trials of the search in order): the trees for a
+    feature set are fitted on the bank plus the search's trials up to the last refit point, and the error trees
+    on the data of the first point with enough trials. So a predictor fed the same finished trials in the same
+    order predicts the same, whenever its lazy fits happen (a resumed search relies on this).
+
+    Args:
+        bank: trajectory bank (frame in the bank schema) to fit the prior on; None for online learning only.
+        refit_every: refit the gain trees after this many newly finished trials of the search (0: never).
+        own_weight: weight of this search's finished trials relative to bank trials when refitting.
+        min_trials: fewest complete trajectories before trees are fitted (below: curve extrapolation only).
+        seed: seed of the trees' subsampling.
+    """
+
+    def __init__(
+        self,
+        bank: pd.DataFrame | None = None,
+        refit_every: int = 10,
+        own_weight: float = 2.0,
+        min_trials: int = 8,
+        seed: int = 0,
+    ):
+        self.refit_every = refit_every
+        self.own_weight = own_weight
+        self.min_trials = min_trials
+        self.seed = seed
+        self._bank = [] if bank is None else [t for t in trajectories_from_frame(bank) if is_complete(t)]
+        self._own: list[Trajectory] = []
+        self._own_at_fit = 0  # the search's trials the gain trees are fitted on: self._own[:self._own_at_fit]
+        self._fitted: dict[frozenset[str], _Fitted | None] = {}
+        self._stale: set[frozenset[str]] = set()
+        self._examples_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # by position in bank + own
+        self._calibration = _Calibration()
+
+    def __deepcopy__(self, memo: dict) -> FinalAccuracyPredictor:
+        """A copy with its own online state that shares what never changes after creation: the bank's
+        trajectories, cached examples and fitted trees (refits replace trees, never modify them)."""
+        new = copy.copy(self)
+        new._own = list(self._own)
+        new._fitted = dict(self._fitted)
+        new._stale = set(self._stale)
+        new._examples_cache = dict(self._examples_cache)
+        new._calibration = copy.deepcopy(self._calibration, memo)
+        return new
+
+    # -- learning -------------------------------------------------------------------------------------------
+
+    def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None:
+        """Learn from trials of this search that ran their whole budget (bank-schema rows or trajectories).
+
+        Each is first scored by the current model at every fraction (honest out-of-sample residuals that
+        recalibrate bias and spread at once), then kept for the next refit.
+        """
+        trajectories = trajectories_from_frame(rows) if isinstance(rows, pd.DataFrame) else list(rows)
+        for trajectory in filter(is_complete, trajectories):
+            for epoch in _cut_epochs(trajectory.budget):
+                raw = self._raw_predict(trajectory.upto(epoch), trajectory.config, trajectory.budget)
+                self._calibration.add(epoch / trajectory.budget, trajectory.final - raw.mean, raw.std)
+            self._own.append(trajectory)
+            if self.refit_every and len(self._own) - self._own_at_fit >= self.refit_every:
+                self._own_at_fit = len(self._own)
+                self._stale = set(self._fitted)  # refitted lazily, per feature set, on the next prediction
+
+    def _examples_of(self, position: int, trajectory: Trajectory) -> tuple[np.ndarray, np.ndarray]:
+        """Features (one row per cut, columns as FEATURES) and gain still to come of one trajectory; cached by
+        its position in bank + own, which never changes (the bank is fixed, own trials are only appended)."""
+        if position not in self._examples_cache:
+            rows = [
+                trajectory_features(trajectory.upto(epoch), trajectory.config, trajectory.budget)
+                for epoch in _cut_epochs(trajectory.budget)
+            ]
+            x = np.array([[r[c] for c in FEATURES] for r in rows], dtype=float).reshape(len(rows), len(FEATURES))
+            gains = trajectory.final - x[:, FEATURES.index("val_acc_level")]
+            self._examples_cache[position] = (x, gains)
+        return self._examples_cache[position]
+
+    def _examples(self, columns: list[str], n_own: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Training rows from the bank and the first ``n_own`` finished trials: features, target, weight, group."""
+        index = [FEATURES.index(c) for c in columns]
+        xs, ys, ws, groups = [], [], [], []
+        weighted = [(t, 1.0) for t in self._bank] + [(t, self.own_weight) for t in self._own[:n_own]]
+        for position, (trajectory, w) in enumerate(weighted):
+            x, gains = self._examples_of(position, trajectory)
+            xs.append(x[:, index])
+            ys.append(gains)
+            ws.append(np.full(len(gains), w))
+            groups.append(np.full(len(gains), position))
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), np.concatenate(groups)
+
+    def _first_fit_point(self) -> int:
+        """Finished search trials in the first fit with at least ``min_trials`` trajectories."""
+        missing = max(0, self.min_trials - len(self._bank))
+        if missing == 0:
+            return 0
+        step = self.refit_every or 1
+        return math.ceil(missing / step) * step
+
+    def _fit(self, available: frozenset[str]) -> _Fitted | None:
+        """Fit gain trees on the shared features; error trees (from 3-fold out-of-fold residuals) once."""
+        first = self._first_fit_point()
+        if self._own_at_fit < first or len(self._bank) + self._own_at_fit < self.min_trials:
+            return None
+        columns = [c for c in FEATURES if c in available]
+        x, y, w, _ = self._examples(columns, self._own_at_fit)
+        keep = ~np.all(np.isnan(x), axis=0)  # a feature the trial has but no trajectory in the data has
+        columns = [c for c, k in zip(columns, keep, strict=True) if k]
+        x = x[:, keep]
+        medians = np.nanmedian(x, axis=0)
+        x = np.where(np.isnan(x), medians, x)
+        previous = self._fitted.get(available)
+        error = previous.error if previous is not None and previous.columns == columns else None
+        if error is None:
+            xe, ye, we, group = self._examples(columns, first)
+            xe = np.where(np.isnan(xe), medians, xe)
+            folds = group % 3
+            oof = np.zeros_like(ye)
+            for k in range(3):
+                test = folds == k
+                model = _trees(60, 3, 0.1, self.seed + k).fit(xe[~test], ye[~test], sample_weight=we[~test])
+                oof[test] = model.predict(xe[test])
+            error = _trees(50, 2, 0.1, self.seed + 7).fit(xe, np.abs(ye - oof), sample_weight=we)
+        gain = _trees(150, 3, 0.07, self.seed).fit(x, y, sample_weight=w)
+        return _Fitted(columns, medians, gain, error)
+
+    # -- predicting -----------------------------------------------------------------------------------------
+
+    def _raw_predict(self, history: History, config: Mapping[str, Any], budget: int) -> Prediction:
+        feats = trajectory_features(history, config, budget)
+        available = frozenset(k for k, v in feats.items() if not math.isnan(v))  # the columns this trial reports
+        if available not in self._fitted or available in self._stale:
+            self._fitted[available] = self._fit(available)
+            self._stale.discard(available)
+        fitted = self._fitted[available]
+        remaining = max(0.0, 1.0 - feats["fraction"])
+        if fitted is None:
+            # Curve extrapolation alone: trust it half-way and keep a spread that shrinks with what is left.
+            mean = feats["val_acc_level"] + 0.5 * feats["curve_gain"]
+            std = math.hypot(feats["curve_disagreement"] + 0.5 * abs(feats["curve_gain"]), 0.15 * remaining)
+            return Prediction(float(np.clip(mean, 0, 1)), max(std, MIN_STD))
+        x = fitted.matrix([feats])
+        gain = float(fitted.gain.predict(x)[0])
+        std = math.sqrt(math.pi / 2) * max(float(fitted.error.predict(x)[0]), 0.0)
+        return Prediction(float(np.clip(feats["val_acc_level"] + gain, 0, 1)), max(std, MIN_STD))
+
+    def predict(
+        self, history: History, config: Mapping[str, Any] | None = None, budget: int | None = None
+    ) -> Prediction:
+        """Predict the final val_acc of a trial seen up to epoch len(history["val_acc"]).
+
+        Args:
+            history: column -> per-epoch values (index i is the value after epoch i+1); val_acc is required.
+            config: the trial's hyperparameters (plain keys or ``config/<key>``); may be empty.
+            budget: the trial's planned epochs (default: config's ``epochs``, else the epochs seen).
+        """
+        config = config or {}
+        if budget is None:
+            epochs = _number(_config_value(config, "epochs"))
+            budget = int(epochs) if epochs > 0 else len(history["val_acc"])
+        raw = self._raw_predict(history, config, budget)
+        mean, std = self._calibration.correct(len(history["val_acc"]) / budget, raw.mean, raw.std)
+        return Prediction(float(np.clip(mean, 0, 1)), max(std, MIN_STD))
+
+
+def last_value_prediction(history: History) -> float:
+    """Baseline: the final accuracy is the current one."""
+    return float(history["val_acc"][-1])
+
+
+def curve_fit_prediction(history: History, budget: int) -> float:
+    """Baseline: the parametric curve extrapolation alone."""
+    return curve_extrapolation(history["val_acc"], budget)[0]

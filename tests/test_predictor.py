@@ -1,0 +1,159 @@
+"""The final-accuracy predictor on synthetic banks whose curves cross (late bloomers under strong noise)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from clp_tune.predictor import (
+    FinalAccuracyPredictor,
+    Prediction,
+    curve_extrapolation,
+    is_complete,
+    last_value_prediction,
+    trajectories_from_frame,
+    trajectory_features,
+)
+
+
+def synthetic_bank(trials: int, epochs: int, seed: int, statistics: bool = True) -> pd.DataFrame:
+    """Bank-schema rows of curves that cross: strong dropout / label noise / a small lr rise late but high.
+
+    val_acc(e) = 0.1 + (a - 0.1) * (1 - exp(-(e/T) / tau)) + noise, with the asymptote ``a`` best near lr 1e-2
+    and raised by dropout, and the time scale ``tau`` lengthened by dropout, label noise and a poor lr.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(trials):
+        lr = 10 ** rng.uniform(-3.5, -1.0)
+        batch_size = int(rng.choice([32, 64, 128, 256]))
+        dropout = float(rng.choice([0.0, 0.2, 0.5]))
+        label_noise = float(rng.choice([0.0, 0.1, 0.3]))
+        quality = float(np.clip(1 - ((math.log10(lr) + 2) / 1.5) ** 2, 0, 1))
+        a = float(np.clip(0.5 + 0.3 * quality + 0.15 * dropout - 0.1 * label_noise + rng.normal(0, 0.02), 0.2, 0.98))
+        tau = 0.04 + 0.5 * dropout + 0.3 * label_noise + 0.3 * (1 - quality)
+        tse = 0.0
+        for epoch in range(1, epochs + 1):
+            x = epoch / epochs
+            level = 0.1 + (a - 0.1) * (1 - math.exp(-x / tau))
+            val_acc = float(np.clip(level + rng.normal(0, 0.006), 0, 1))
+            train_acc = float(np.clip((1 - label_noise) * min(1.0, level + 0.1 * x) + rng.normal(0, 0.004), 0, 1))
+            train_loss = -math.log(max(train_acc, 1e-3)) + label_noise
+            tse += train_loss
+            row = {
+                "trial_id": f"s{seed}_{i:03d}", "epoch": epoch, "val_acc": val_acc, "train_acc": train_acc,
+                "train_loss": train_loss, "val_loss": -math.log(max(val_acc, 1e-3)) + 0.2 * x * (1 - dropout),
+                "lr": lr * 0.5 * (1 + math.cos(math.pi * x)),
+                "config/lr": lr, "config/batch_size": batch_size, "config/dropout": dropout,
+                "config/label_noise": label_noise, "config/epochs": epochs, "config/optimizer": "sgd",
+            }  # fmt: skip
+            if statistics:
+                row.update(tse=tse, layer_rotation=min(1.0, x / (tau + 0.05)) + rng.normal(0, 0.01))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def banks() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return synthetic_bank(120, 20, seed=0), synthetic_bank(60, 20, seed=1)
+
+
+def _ranks(predictor: FinalAccuracyPredictor, bank: pd.DataFrame, fraction: float) -> tuple[float, float, float]:
+    """Spearman of predictor and last value vs the truth, and the predictor's mean absolute error."""
+    trajectories = [t for t in trajectories_from_frame(bank) if is_complete(t)]
+    cut = [t.upto(round(fraction * t.budget)) for t in trajectories]
+    truth = [t.final for t in trajectories]
+    predicted = [predictor.predict(h, t.config, t.budget).mean for h, t in zip(cut, trajectories, strict=True)]
+    last = [last_value_prediction(h) for h in cut]
+    error = float(np.mean(np.abs(np.array(predicted) - truth)))
+    return spearmanr(predicted, truth).statistic, spearmanr(last, truth).statistic, error
+
+
+def test_prediction_distribution_helpers() -> None:
+    p = Prediction(0.8, 0.05)
+    assert p.prob_above(0.8) == pytest.approx(0.5)
+    assert p.prob_above(0.9) < 0.05 < p.prob_above(0.7)
+    assert p.quantile(0.5) == pytest.approx(0.8)
+    assert Prediction(0.8, 0.0).prob_above(0.81) < 0.01  # a zero spread is floored, never divides by zero
+
+
+def test_curve_extrapolation_follows_a_saturating_curve() -> None:
+    epochs = np.arange(1, 11)
+    curve = 0.9 - 0.6 * np.exp(-epochs / 8)  # observed up to epoch 10 of 40
+    predicted, disagreement = curve_extrapolation(curve, budget=40)
+    assert curve[-1] < predicted < 0.95  # true limit 0.9; the shapes disagree a little beyond the data
+    assert disagreement >= 0
+    assert curve_extrapolation([0.3, 0.4], budget=40) == (pytest.approx(0.35), 0.0)  # too short to fit
+
+
+def test_beats_last_value_on_crossing_curves(banks) -> None:
+    train, test = banks
+    started = time.perf_counter()
+    predictor = FinalAccuracyPredictor(train)
+    first = [t for t in trajectories_from_frame(test)][0]
+    predictor.predict(first.upto(3), first.config, first.budget)  # fits the prior
+    assert time.perf_counter() - started < 20
+    for fraction in (0.1, 0.25):
+        rho, rho_last, error = _ranks(predictor, test, fraction)
+        assert rho > rho_last + 0.1, (fraction, rho, rho_last)
+        assert error < 0.05
+    # predict() is called on every result of every trial: it must be cheap
+    started = time.perf_counter()
+    for _ in range(50):
+        predictor.predict(first.upto(5), first.config, first.budget)
+    assert (time.perf_counter() - started) / 50 < 0.02
+
+
+def test_spread_is_roughly_calibrated(banks) -> None:
+    train, test = banks
+    predictor = FinalAccuracyPredictor(train)
+    z = []
+    for t in filter(is_complete, trajectories_from_frame(test)):
+        p = predictor.predict(t.upto(4), t.config, t.budget)
+        z.append((t.final - p.mean) / p.std)
+    assert 0.6 < np.mean(np.abs(np.array(z)) < 1.645) <= 1.0  # nominal 90 % interval
+
+
+def test_works_with_val_acc_only(banks) -> None:
+    train, test = banks
+    predictor = FinalAccuracyPredictor(train[["trial_id", "epoch", "val_acc"]])
+    t = trajectories_from_frame(test[["trial_id", "epoch", "val_acc"]])[0]
+    p = predictor.predict({"val_acc": t.history["val_acc"][:5]}, {}, budget=20)
+    assert math.isfinite(p.mean) and 0 <= p.mean <= 1 and p.std > 0
+    # a rich bank, a poor trial: only the features both have are used
+    rich = FinalAccuracyPredictor(train)
+    p = rich.predict({"val_acc": t.history["val_acc"][:5]}, {}, budget=20)
+    assert math.isfinite(p.mean) and p.std > 0
+    assert set(trajectory_features({"val_acc": [0.2, 0.3]}, {}, 20)) >= {"fraction", "curve_extrapolation"}
+
+
+def test_learns_online_without_a_bank(banks) -> None:
+    train, test = banks
+    predictor = FinalAccuracyPredictor(None, refit_every=10)
+    t = trajectories_from_frame(test)[0]
+    before = predictor.predict(t.upto(5), t.config, t.budget)  # curve extrapolation only
+    assert math.isfinite(before.mean) and before.std > 0
+    _, _, error_before = _ranks(predictor, test, 0.25)
+    predictor.observe_finished(train[train["trial_id"].isin(train["trial_id"].unique()[:40])])
+    _, _, error_after = _ranks(predictor, test, 0.25)
+    assert error_after < error_before
+
+
+def test_fits_are_deterministic_whenever_they_happen(banks) -> None:
+    """Feeding the same finished trials in the same order gives the same predictions, with or without
+    predictions (lazy fits) in between -- what a resumed scheduler relies on."""
+    train, test = banks
+    finished = [t for t in trajectories_from_frame(test) if is_complete(t)][:12]
+    probe = finished[-1]
+    a, b = FinalAccuracyPredictor(train, refit_every=5), FinalAccuracyPredictor(train, refit_every=5)
+    for t in finished[:-1]:
+        a.observe_finished([t])
+        a.predict(probe.upto(4), probe.config, probe.budget)
+    b.observe_finished(finished[:-1])
+    pa, pb = a.predict(probe.upto(6), probe.config, probe.budget), b.predict(probe.upto(6), probe.config, probe.budget)
+    assert pa == pb

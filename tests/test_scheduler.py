@@ -1,0 +1,218 @@
+"""TrajectoryScheduler decisions on hand-made trajectories, driven through its Ray hooks with a fake trial."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from ray.tune.schedulers import TrialScheduler
+from test_predictor import synthetic_bank
+
+from clp_tune.predictor import FinalAccuracyPredictor
+from clp_tune.scheduler import DECISIONS_FILE, JOURNAL_FILE, STATE_FILE, TrajectoryScheduler
+
+BUDGET = 20
+
+
+class FakeTrial:
+    """The two attributes of ray.tune.experiment.Trial the scheduler reads."""
+
+    def __init__(self, trial_id: str, config: dict):
+        self.trial_id = trial_id
+        self.config = config
+
+
+def curve(a: float, tau: float, dropout: float = 0.0, label_noise: float = 0.0, lr: float = 0.01) -> list[dict]:
+    """Result rows of a saturating curve towards ``a`` on time scale ``tau`` (fraction of the budget)."""
+    rows = []
+    for epoch in range(1, BUDGET + 1):
+        x = epoch / BUDGET
+        level = 0.1 + (a - 0.1) * (1 - math.exp(-x / tau))
+        train_acc = (1 - label_noise) * min(1.0, level + 0.1 * x)
+        rows.append({
+            "epoch": epoch, "val_acc": level, "train_acc": train_acc, "train_loss": -math.log(max(train_acc, 1e-3)),
+            "val_loss": -math.log(level), "lr": lr * 0.5 * (1 + math.cos(math.pi * x)), "diverged": 0,
+        })  # fmt: skip
+    return rows
+
+
+def config(dropout: float = 0.0, label_noise: float = 0.0, lr: float = 0.01) -> dict:
+    return {"lr": lr, "batch_size": 64, "dropout": dropout, "label_noise": label_noise, "epochs": BUDGET,
+            "optimizer": "sgd"}  # fmt: skip
+
+
+def run_trial(scheduler: TrajectoryScheduler, trial: FakeTrial, rows: list[dict]) -> list[str]:
+    """Feed rows as Ray would: results until STOP or the end, then on_trial_complete."""
+    scheduler.on_trial_add(None, trial)
+    actions = []
+    for row in rows:
+        actions.append(scheduler.on_trial_result(None, trial, dict(row)))
+        if actions[-1] == TrialScheduler.STOP:
+            break
+    scheduler.on_trial_complete(None, trial, dict(row))
+    return actions
+
+
+@pytest.fixture(scope="module")
+def fitted_predictor() -> FinalAccuracyPredictor:
+    predictor = FinalAccuracyPredictor(synthetic_bank(100, BUDGET, seed=3))
+    rows = curve(0.8, 0.05)
+    predictor.predict({"val_acc": [r["val_acc"] for r in rows[:3]]}, config(), BUDGET)  # fit the prior once
+    return predictor
+
+
+def make_scheduler(predictor: FinalAccuracyPredictor, state_dir: Path | None = None, **kw) -> TrajectoryScheduler:
+    kw = {"budget": BUDGET, "k": 3, "delta": 0.05, "min_fraction": 0.2, "max_fraction": 0.25, "noise_factor": 1.0, **kw}
+    scheduler = TrajectoryScheduler(predictor=copy.deepcopy(predictor), state_dir=state_dir, **kw)
+    scheduler.set_search_properties("val_acc", "max")
+    return scheduler
+
+
+def with_references(scheduler: TrajectoryScheduler) -> None:
+    """Three good, fast trials that finish: the k-th best final becomes ~0.78."""
+    for i, a in enumerate((0.8, 0.79, 0.78)):
+        actions = run_trial(scheduler, FakeTrial(f"ref{i}", config()), curve(a, 0.05))
+        assert TrialScheduler.STOP not in actions
+
+
+def test_hopeless_trial_stops_at_its_grace_point_not_before(fitted_predictor) -> None:
+    scheduler = make_scheduler(fitted_predictor)
+    with_references(scheduler)
+    rows = curve(0.2, 0.05)  # learns quickly to a poor 20 %; train accuracy never reaches 50 %: acc50 never fires
+    actions = run_trial(scheduler, FakeTrial("hopeless", config()), rows)
+    grace = math.ceil(scheduler.max_fraction * BUDGET)  # the detector never fired: held back up to max_fraction
+    assert actions[-1] == TrialScheduler.STOP
+    assert len(actions) == grace
+    decisions = scheduler.decisions_frame().query("trial_id == 'hopeless'")
+    assert decisions["reason"].iloc[0].startswith("grace")
+    assert decisions["action"].iloc[-1] == "stop" and decisions["p_beat"].iloc[-1] < 0.05
+    assert decisions["threshold"].iloc[-1] == pytest.approx(0.78, abs=1e-6)
+
+
+def test_grace_follows_the_detector_and_noise(fitted_predictor) -> None:
+    scheduler = make_scheduler(fitted_predictor, min_fraction=0.1, max_fraction=0.5)
+    with_references(scheduler)
+    rows = [dict(r, cp_end_acc50=math.nan if r["epoch"] < 7 else 7.0) for r in curve(0.2, 0.05)]
+    assert len(run_trial(scheduler, FakeTrial("late-detector", config()), rows)) == 7
+    noisy = make_scheduler(fitted_predictor, min_fraction=0.2, max_fraction=0.2, noise_factor=1.0)
+    with_references(noisy)
+    actions = run_trial(noisy, FakeTrial("noisy", config(dropout=0.5)), curve(0.2, 0.05))
+    assert len(actions) == math.ceil(0.2 * BUDGET * 1.5)  # grace x (1 + dropout + label_noise)
+
+
+def test_late_bloomer_under_high_dropout_is_not_stopped(fitted_predictor) -> None:
+    scheduler = make_scheduler(fitted_predictor)
+    with_references(scheduler)
+    rows = curve(0.88, 0.3, dropout=0.5)  # at 20 % of the budget it is far below the references
+    assert rows[3]["val_acc"] < 0.5 < 0.78
+    actions = run_trial(scheduler, FakeTrial("bloomer", config(dropout=0.5)), rows)
+    assert TrialScheduler.STOP not in actions and len(actions) == BUDGET
+    assert scheduler._trials["bloomer"].status == "finished"
+
+
+def test_diverged_trials_stop_at_once(fitted_predictor) -> None:
+    scheduler = make_scheduler(fitted_predictor)
+    nan_rows = [{"epoch": 1, "val_acc": 0.1, "train_loss": math.nan, "val_loss": math.nan, "diverged": 0}]
+    assert run_trial(scheduler, FakeTrial("nan", config()), nan_rows) == [TrialScheduler.STOP]
+    flagged = [{"epoch": 1, "val_acc": 0.0, "train_loss": 2.3, "diverged": 1}]
+    assert run_trial(scheduler, FakeTrial("flagged", config()), flagged) == [TrialScheduler.STOP]
+    exploding = [{"epoch": e, "val_acc": 0.1, "train_loss": 2.0 * 4 ** (e - 1)} for e in (1, 2)]
+    assert run_trial(scheduler, FakeTrial("exploding", config()), exploding) == [TrialScheduler.CONTINUE, "STOP"]
+    reasons = scheduler.decisions_frame().set_index("trial_id")["reason"]
+    assert all(reasons[t].startswith("diverged") for t in ("nan", "flagged"))
+    assert {s.status for s in scheduler._trials.values()} == {"diverged"}
+
+
+def test_no_stopping_before_k_references(fitted_predictor) -> None:
+    scheduler = make_scheduler(fitted_predictor)
+    actions = run_trial(scheduler, FakeTrial("alone", config()), curve(0.2, 0.05))
+    assert TrialScheduler.STOP not in actions
+    assert "fewer than k=3" in scheduler.decisions_frame()["reason"].iloc[-2]
+
+
+def test_running_trials_predictions_count_when_few_finished(fitted_predictor) -> None:
+    """Concurrent trials: until k finals exist, the predicted finals of running trials fill the k-th best."""
+    scheduler = make_scheduler(fitted_predictor)
+    good = [FakeTrial(f"run{i}", config()) for i in range(3)]
+    for trial in good:
+        scheduler.on_trial_add(None, trial)
+    for row in curve(0.8, 0.05)[:6]:
+        for trial in good:
+            assert scheduler.on_trial_result(None, trial, dict(row)) == TrialScheduler.CONTINUE
+    assert run_trial(scheduler, FakeTrial("poor", config()), curve(0.2, 0.05))[-1] == TrialScheduler.STOP
+
+
+def test_rejects_other_metrics(fitted_predictor) -> None:
+    scheduler = TrajectoryScheduler(budget=BUDGET, predictor=fitted_predictor)
+    scheduler.set_search_properties("val_loss", "min")
+    with pytest.raises(ValueError, match="val_acc"):
+        scheduler.on_trial_add(None, FakeTrial("t", config()))
+
+
+def _search(scheduler: TrajectoryScheduler, trials: list[tuple[str, dict, list[dict]]]) -> list:
+    out = []
+    for trial_id, cfg, rows in trials:
+        out.append(run_trial(scheduler, FakeTrial(trial_id, cfg), rows))
+    return out
+
+
+def _trials() -> list[tuple[str, dict, list[dict]]]:
+    specs = [(0.8, 0.05, 0.0), (0.79, 0.05, 0.0), (0.78, 0.05, 0.0), (0.3, 0.05, 0.0), (0.88, 0.3, 0.5),
+             (0.5, 0.1, 0.2), (0.82, 0.1, 0.0), (0.25, 0.2, 0.5)]  # fmt: skip
+    return [(f"t{i}", config(dropout=d), curve(a, tau, dropout=d)) for i, (a, tau, d) in enumerate(specs)]
+
+
+def test_state_survives_restore(fitted_predictor, tmp_path: Path) -> None:
+    """A scheduler rebuilt from state_dir mid-search (constructor, or unpickling the copy Ray saved at the
+    start) decides exactly as the uninterrupted one."""
+    trials = _trials()
+    reference = make_scheduler(fitted_predictor)
+    expected = _search(reference, trials)
+    expected_decisions = reference.decisions_frame()
+
+    first = make_scheduler(fitted_predictor, tmp_path / "a", snapshot_every=4)
+    pickled_at_start = pickle.dumps(first)
+    _search(first, trials[:5])
+    trial_id, cfg, rows = trials[5]  # interrupted in the middle of a trial
+    first.on_trial_add(None, FakeTrial(trial_id, cfg))
+    for row in rows[:3]:
+        first.on_trial_result(None, FakeTrial(trial_id, cfg), dict(row))
+    assert (tmp_path / "a" / STATE_FILE).is_file() and (tmp_path / "a" / JOURNAL_FILE).is_file()
+    with open(tmp_path / "a" / JOURNAL_FILE, "a") as f:
+        f.write('{"trial_id": "t5", "torn')  # a crash mid-line
+
+    for resumed in (
+        make_scheduler(fitted_predictor, tmp_path / "a", snapshot_every=4),
+        pickle.loads(pickled_at_start),  # what Tuner.restore does
+    ):
+        assert resumed._trials[trial_id].epochs == [1, 2, 3]
+        # Ray resumes the trial from its last checkpoint: it may re-report an epoch
+        actions = []
+        resumed.on_trial_add(None, FakeTrial(trial_id, cfg))
+        for row in rows[2:]:
+            actions.append(resumed.on_trial_result(None, FakeTrial(trial_id, cfg), dict(row)))
+            if actions[-1] == TrialScheduler.STOP:
+                break
+        resumed.on_trial_complete(None, FakeTrial(trial_id, cfg), dict(row))
+        rest = _search(resumed, trials[6:])
+        assert rest == expected[6:]
+        assert len(actions) + 2 == len(expected[5])
+        got = resumed.decisions_frame()
+        pd.testing.assert_frame_equal(got, expected_decisions)
+
+
+def test_decisions_parquet_is_written(fitted_predictor, tmp_path: Path) -> None:
+    scheduler = make_scheduler(fitted_predictor, tmp_path)
+    _search(scheduler, _trials()[:5])
+    decisions = pd.read_parquet(tmp_path / DECISIONS_FILE)
+    assert list(decisions.columns) == [
+        "trial_id", "epoch", "pred_mean", "pred_std", "threshold", "p_beat", "action", "reason"
+    ]  # fmt: skip
+    assert set(decisions["action"]) <= {"continue", "stop"}
+    assert len(decisions) == sum(len(s.epochs) for s in scheduler._trials.values())
+    assert "3 finished" in scheduler.debug_string() or "finished" in scheduler.debug_string()
+    assert not list(tmp_path.glob(".*tmp"))  # temp files renamed into place
