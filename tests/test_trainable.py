@@ -115,3 +115,11 @@ def test_auto_window_switches_mixup_on_when_its_detector_fires(digits) -> None:
     assert fired == next(r["epoch"] for r in rows if r["train_acc"] >= 0.5)
     for row in rows:
         assert row["mixup_alpha_used"] == (0.0 if row["epoch"] <= fired else 1.0), row["epoch"]
+
+
+@pytest.mark.parametrize("mode", ["stacked", "gradual"])
+def test_real_short_trial_with_dae_pretraining(digits, mode: str) -> None:
+    rows, _ = train(config(pretrain=mode, pretrain_epochs=1, epochs=2), digits)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0 < r["pretrain_recon_error"] < 1 for r in rows)  # stored next to the usual metrics
+    assert rows[0]["pretrain_updates"] > 0 and rows[-1]["val_acc"] > 0.5
