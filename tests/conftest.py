@@ -25,6 +25,27 @@ def ray_local():
     ray.shutdown()
 
 
+def ray_pids(ray_tmpdir: str) -> list[int]:
+    """Processes of one test's own Ray: they carry its private RAY_TMPDIR (environment or command line).
+
+    Tests that start Ray in subprocesses or as a multi-node cluster clean up by these pids, never with
+    ``ray stop``, which would kill every Ray on the machine.
+    """
+    marker_env = f"RAY_TMPDIR={ray_tmpdir}\0".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker_env in environ or ray_tmpdir.encode() in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
 def tiny_spec(**overrides) -> dict:
     """A real but tiny search: digits + MLP, a few epochs, random search, FIFO."""
     spec = {

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_spec
+from conftest import ray_pids, tiny_spec
 
 from clp_tune.search import run_search
 from clp_tune.spec import parse_spec
@@ -31,28 +31,11 @@ KILL_AFTER_EPOCHS = 2
 WATCH_TIMEOUT_S = 150
 
 
-def _ray_pids(ray_tmpdir: str) -> list[int]:
-    """Processes of this test's cluster only: they inherited our private RAY_TMPDIR."""
-    marker_env = f"RAY_TMPDIR={ray_tmpdir}\0".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker_env in environ or ray_tmpdir.encode() in cmdline:
-            pids.append(int(entry))
-    return pids
-
-
 def _reap(ray_tmpdir: str, grace_s: float = 10.0) -> None:
     deadline = time.monotonic() + grace_s
-    while _ray_pids(ray_tmpdir) and time.monotonic() < deadline:
+    while ray_pids(ray_tmpdir) and time.monotonic() < deadline:
         time.sleep(0.5)
-    for pid in _ray_pids(ray_tmpdir):
+    for pid in ray_pids(ray_tmpdir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

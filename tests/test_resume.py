@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from conftest import REPO, tiny_spec, write_spec
+from conftest import REPO, ray_pids, tiny_spec, write_spec
 
 EPOCHS = 8
 TRIALS = 4  # 2 samples x batch_size grid [64, 4]
@@ -43,30 +43,12 @@ def _clp_tune(*args: str) -> list[str]:
     return [sys.executable, "-m", "clp_tune.cli", *args]
 
 
-def _ray_pids(ray_tmpdir: str) -> list[int]:
-    """Processes of this test's Ray only: they carry our private RAY_TMPDIR (environment or command line)."""
-    marker_env = f"RAY_TMPDIR={ray_tmpdir}\0".encode()
-    marker_cmd = ray_tmpdir.encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker_env in environ or marker_cmd in cmdline:
-            pids.append(int(entry))
-    return pids
-
-
 def _reap_ray(ray_tmpdir: str, grace_s: float = 20.0) -> list[int]:
     """Wait for this test's Ray processes to exit on their own, then SIGKILL survivors one by one."""
     deadline = time.monotonic() + grace_s
-    while _ray_pids(ray_tmpdir) and time.monotonic() < deadline:
+    while ray_pids(ray_tmpdir) and time.monotonic() < deadline:
         time.sleep(0.5)
-    survivors = _ray_pids(ray_tmpdir)
+    survivors = ray_pids(ray_tmpdir)
     for pid in survivors:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
