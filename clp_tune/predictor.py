@@ -305,7 +305,8 @@ class _Calibration:
     """Online bias and spread correction per budget fraction, from this search's finished trials.
 
     Each finished trial was unseen by the model that judged it, so its residuals at every fraction are honest
-    tests. Both corrections are shrunk towards "none" with ``strength`` pseudo-observations.
+    tests. Under early stopping the finished trials are the promising ones, so the correction is tuned where the
+    decisions are close. Both corrections are shrunk towards "none" with ``strength`` pseudo-observations.
     """
 
     strength: float = 5.0
@@ -460,7 +461,7 @@ class FinalAccuracyPredictor:
                 model = _trees(60, 3, 0.1, self.seed + k).fit(xe[~test], ye[~test], sample_weight=we[~test])
                 oof[test] = model.predict(xe[test])
             error = _trees(50, 2, 0.1, self.seed + 7).fit(xe, np.abs(ye - oof), sample_weight=we)
-        gain = _trees(150, 3, 0.07, self.seed).fit(x, y, sample_weight=w)
+        gain = _trees(200, 4, 0.05, self.seed).fit(x, y, sample_weight=w)
         return _Fitted(columns, medians, gain, error)
 
     # -- predicting -----------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ ASHA and the median rule compare *current* values at fixed times; with crossing 
 label noise or a small learning rate rise late) they stop the late bloomers. This scheduler instead asks the
 :mod:`clp_tune.predictor` for P(final val_acc > the k-th best final) and stops a trial once that falls below
 ``delta``. The k-th best is taken over the finals of finished trials; while fewer than k have finished, the
-predicted finals of running trials past their grace point fill in, and with fewer than k values nothing stops.
+predicted finals of running trials past their grace point fill in (at a pessimistic quantile), and with fewer
+than k values nothing stops.
 A trial is never judged before its grace point:
 
 * ``min_fraction`` of the budget, and no earlier than the epoch the trial's critical-period detector fired
@@ -42,7 +43,7 @@ import pandas as pd
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from clp_tune.predictor import HISTORY_COLUMNS, FinalAccuracyPredictor, Predictor, Trajectory
+from clp_tune.predictor import HISTORY_COLUMNS, FinalAccuracyPredictor, Prediction, Predictor, Trajectory
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -53,6 +54,7 @@ STATE_FILE = "scheduler_state.json"
 JOURNAL_FILE = "scheduler_state.journal.jsonl"
 DECISIONS_FILE = "decisions.parquet"
 SHIPPED_BANK = Path(__file__).resolve().parent / "data" / "bank_mnist1d.parquet"
+SHIPPED_BANK_DATASET = "mnist1d"
 DIVERGENCE_LOSS_FACTOR = 3.0
 _STATE_VERSION = 1
 
@@ -69,6 +71,7 @@ class _TrialState:
     final: float | None = None
     grace: int | None = None
     pred_mean: float | None = None
+    pred_std: float | None = None
 
     def record(self, epoch: int, row: Mapping[str, float | None]) -> None:
         """Store the row of ``epoch``; a re-reported epoch (a resumed trial) replaces the old one."""
@@ -106,6 +109,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
 class TrajectoryScheduler(FIFOScheduler):
     """Early termination on the predicted distribution of each trial's final validation accuracy.
 
+    Defaults come from replays of recorded mnist1d banks (``clp-tune bench schedulers``): the best trial was
+    never lost, and most of the epochs spent go to grace periods, which ``min_fraction``, ``max_fraction`` and
+    ``noise_factor`` bound; ``k=1`` and no noise grace are cheaper still.
+
     Args:
         metric: must be ``val_acc`` (the predictor models validation accuracy); may be set by ``TuneConfig``.
         mode: must be ``max``; may be set by ``TuneConfig``.
@@ -122,8 +129,8 @@ class TrajectoryScheduler(FIFOScheduler):
         state_dir: run directory for ``scheduler_state.json``, its journal and ``decisions.parquet``;
             None keeps everything in memory. State found there is loaded (a resumed search).
         predictor: a :class:`~clp_tune.predictor.Predictor`; default: a ``FinalAccuracyPredictor`` fitted on ``bank``.
-        bank: bank Parquet for the default predictor; default: the shipped mnist1d bank when present, else the
-            predictor learns online only.
+        bank: bank Parquet for the default predictor; default: the shipped mnist1d bank for mnist1d searches,
+            else none (the predictor learns from this search's finished trials only).
         snapshot_every: also snapshot after this many results (bounds the journal's length).
     """
 
@@ -256,17 +263,24 @@ class TrajectoryScheduler(FIFOScheduler):
     def predictor(self) -> Predictor:
         """The predictor, built on first use and brought up to date with the trials finished so far."""
         if self._predictor is None:
-            path = Path(self.bank) if self.bank else SHIPPED_BANK
-            bank = pd.read_parquet(path) if path.is_file() else None
-            if bank is None:
-                logger.warning("TrajectoryScheduler: no trajectory bank at %s; learning from this search only", path)
-            self._predictor = FinalAccuracyPredictor(bank)
+            self._predictor = FinalAccuracyPredictor(self._default_bank())
             self._predictor_seen = 0
         for trial_id in self._finished_order[self._predictor_seen :]:
             state = self._trials[trial_id]
             self._predictor.observe_finished([Trajectory(state.series(), state.config, state.budget)])
         self._predictor_seen = len(self._finished_order)
         return self._predictor
+
+    def _default_bank(self) -> pd.DataFrame | None:
+        """``bank`` when given; else the shipped mnist1d bank, but only for mnist1d searches (its curves would
+        mislead the prior elsewhere); else none: the predictor then learns from this search alone."""
+        if self.bank:
+            return pd.read_parquet(self.bank)
+        datasets = {s.config.get("dataset") for s in self._trials.values()} - {None}
+        if SHIPPED_BANK.is_file() and datasets <= {SHIPPED_BANK_DATASET}:
+            return pd.read_parquet(SHIPPED_BANK)
+        logger.info("TrajectoryScheduler: no trajectory bank for %s; learning from this search only", datasets)
+        return None
 
     def decide(self, trial_id: str, result: Mapping[str, Any]) -> dict[str, Any]:
         """Record ``result`` in the trial's history and decide continue / stop; returns the decision row."""
@@ -288,7 +302,7 @@ class TrajectoryScheduler(FIFOScheduler):
         if "val_acc" not in result:
             return self._decided(decision, "continue", "no val_acc in this result")
         prediction = self.predictor.predict(state.series(), state.config, state.budget)
-        state.pred_mean = prediction.mean
+        state.pred_mean, state.pred_std = prediction.mean, prediction.std
         decision.update(pred_mean=prediction.mean, pred_std=prediction.std)
         if epoch >= state.budget:
             return self._decided(decision, "continue", "budget reached")
@@ -356,14 +370,15 @@ class TrajectoryScheduler(FIFOScheduler):
         return False if fired is None else int(fired)
 
     def _threshold(self, exclude: str | None) -> float | None:
-        """The k-th best final: over observed finals once there are k, else also running trials' predictions."""
+        """The k-th best final: over observed finals once there are k, else also over running trials past their
+        grace, each counted at its pessimistic 10 % quantile (a prior that flatters them must not stop others)."""
         finals = sorted((s.final for s in self._trials.values() if s.final is not None), reverse=True)
         if len(finals) < self.k:
             finals = sorted(
                 finals
                 + [
-                    s.pred_mean for tid, s in self._trials.items()
-                    if tid != exclude and s.status == "running" and s.pred_mean is not None
+                    Prediction(s.pred_mean, s.pred_std).quantile(0.1) for tid, s in self._trials.items()
+                    if tid != exclude and s.status == "running" and s.pred_mean is not None and s.pred_std
                     and s.grace is not None and s.epochs and s.epochs[-1] >= s.grace
                 ],
                 reverse=True,
@@ -389,7 +404,7 @@ class TrajectoryScheduler(FIFOScheduler):
         line = {
             "trial_id": trial_id, "budget": state.budget, "config": state.config,
             "row": {c: v[-1] for c, v in state.history.items()}, "epoch": state.epochs[-1],
-            "status": state.status, "grace": state.grace, "pred_mean": state.pred_mean,
+            "status": state.status, "grace": state.grace, "pred_mean": state.pred_mean, "pred_std": state.pred_std,
             "decision": {k: _clean(v) if isinstance(v, float) else v for k, v in decision.items()},
         }  # fmt: skip
         with open(self.state_dir / JOURNAL_FILE, "a") as f:
@@ -432,5 +447,6 @@ class TrajectoryScheduler(FIFOScheduler):
             state = self._trials.setdefault(line["trial_id"], _TrialState(line["budget"], line["config"]))
             state.config = line["config"]
             state.record(line["epoch"], line["row"])
-            state.status, state.grace, state.pred_mean = line["status"], line["grace"], line["pred_mean"]
+            state.status, state.grace = line["status"], line["grace"]
+            state.pred_mean, state.pred_std = line["pred_mean"], line.get("pred_std")
             self._decisions.append({k: math.nan if v is None else v for k, v in line["decision"].items()})

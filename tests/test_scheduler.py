@@ -13,7 +13,7 @@ from ray.tune.schedulers import TrialScheduler
 from test_predictor import synthetic_bank
 
 from clp_tune.predictor import FinalAccuracyPredictor
-from clp_tune.scheduler import DECISIONS_FILE, JOURNAL_FILE, STATE_FILE, TrajectoryScheduler
+from clp_tune.scheduler import DECISIONS_FILE, JOURNAL_FILE, SHIPPED_BANK, STATE_FILE, TrajectoryScheduler
 
 BUDGET = 20
 
@@ -216,3 +216,19 @@ def test_decisions_parquet_is_written(fitted_predictor, tmp_path: Path) -> None:
     assert len(decisions) == sum(len(s.epochs) for s in scheduler._trials.values())
     assert "3 finished" in scheduler.debug_string() or "finished" in scheduler.debug_string()
     assert not list(tmp_path.glob(".*tmp"))  # temp files renamed into place
+
+
+def test_default_prior_only_for_its_dataset(tmp_path: Path) -> None:
+    """The shipped mnist1d bank is the default prior for mnist1d searches only; a given bank always applies."""
+    digits = TrajectoryScheduler(budget=BUDGET)
+    digits.set_search_properties("val_acc", "max")
+    digits.on_trial_add(None, FakeTrial("d", {**config(), "dataset": "digits"}))
+    assert digits.predictor._bank == []
+    synthetic_bank(10, BUDGET, seed=1).to_parquet(tmp_path / "bank.parquet")
+    given = TrajectoryScheduler(budget=BUDGET, bank=str(tmp_path / "bank.parquet"))
+    given.on_trial_add(None, FakeTrial("d", {**config(), "dataset": "digits"}))
+    assert len(given.predictor._bank) == 10
+    if SHIPPED_BANK.is_file():
+        mnist = TrajectoryScheduler(budget=BUDGET)
+        mnist.on_trial_add(None, FakeTrial("m", {**config(), "dataset": "mnist1d"}))
+        assert len(mnist.predictor._bank) > 0
