@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from clp_tune.bank import SHIPPED_BANK
 from clp_tune.predictor import (
     FinalAccuracyPredictor,
     History,
@@ -50,7 +51,7 @@ from clp_tune.predictor import (
     last_value_prediction,
     trajectories_from_frame,
 )
-from clp_tune.scheduler import SHIPPED_BANK, TrajectoryScheduler
+from clp_tune.scheduler import TrajectoryScheduler
 
 SCHEDULERS = ("fifo", "asha", "median", "trajectory")
 SPEARMAN_FRACTIONS = (0.1, 0.25, 0.5)

@@ -43,6 +43,7 @@ import pandas as pd
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
+from clp_tune.bank import SHIPPED_BANK
 from clp_tune.predictor import HISTORY_COLUMNS, FinalAccuracyPredictor, Prediction, Predictor, Trajectory
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "scheduler_state.json"
 JOURNAL_FILE = "scheduler_state.journal.jsonl"
 DECISIONS_FILE = "decisions.parquet"
-SHIPPED_BANK = Path(__file__).resolve().parent / "data" / "bank_mnist1d.parquet"
 SHIPPED_BANK_DATASET = "mnist1d"
 DIVERGENCE_LOSS_FACTOR = 3.0
 _STATE_VERSION = 1
