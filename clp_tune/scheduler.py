@@ -13,9 +13,9 @@ A trial is never judged before its grace point:
   budget no longer holds the trial back (a trial that has not even started learning is not protected);
 * under noise injection the grace is lengthened: dropout and label noise regularize on slow time scales
   (Shalova et al., arXiv 2404.12293: their drift along the minimizers shows after ~1/(lr*sigma^2) steps), so
-  the grace is multiplied by ``1 + noise_factor * (dropout + label_noise)``. The rule deliberately uses the
-  noise *levels* only: the step count 1/(lr*sigma^2) depends on the optimizer's effective step size, which
-  for Adam is not the configured lr, so it cannot be computed reliably from the config.
+  the grace is multiplied by ``1 + noise_factor * (dropout + label_noise)`` (rounded to an epoch). The rule
+  deliberately uses the noise *levels* only: the step count 1/(lr*sigma^2) depends on the optimizer's effective
+  step size, which for Adam is not the configured lr, so it cannot be computed reliably from the config.
 
 Diverged trials (``diverged`` == 1, a non-finite loss, or a training loss above 3x its first value) stop at once.
 
@@ -109,9 +109,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 class TrajectoryScheduler(FIFOScheduler):
     """Early termination on the predicted distribution of each trial's final validation accuracy.
 
-    Defaults come from replays of recorded mnist1d banks (``clp-tune bench schedulers``): the best trial was
-    never lost, and most of the epochs spent go to grace periods, which ``min_fraction``, ``max_fraction`` and
-    ``noise_factor`` bound; ``k=1`` and no noise grace are cheaper still.
+    Defaults come from replays of the shipped mnist1d bank (``clp-tune bench schedulers``): the best trial was
+    never lost, and most of the epochs spent go to grace periods. The critical period is taken to be the first
+    few percent of training (``max_fraction`` 0.05): on that bank acc50 fires at a median 15 % of the budget, and
+    waiting for it costs 0.23x the epochs of no stopping instead of 0.13x, with the same (zero) regret. Raise
+    ``max_fraction`` (and ``k``) where curves cross late; lower ``noise_factor`` or turn ``noise_grace`` off to save
+    an epoch per noisy trial.
 
     Args:
         metric: must be ``val_acc`` (the predictor models validation accuracy); may be set by ``TuneConfig``.
@@ -120,11 +123,12 @@ class TrajectoryScheduler(FIFOScheduler):
         k: a trial must be likely to beat the k-th best final accuracy to go on.
         delta: stop when P(final > k-th best) < delta.
         min_fraction: earliest judgement, as a fraction of the budget.
-        max_fraction: a critical-period detector that has not fired by this fraction no longer delays judgement.
+        max_fraction: a critical-period detector that has not fired by this fraction no longer delays judgement
+            (at or below ``min_fraction``: the detector never delays).
         detector: critical-period detector (``clp_tune.detectors.DETECTORS``) whose firing epoch starts judgement;
             read from the result's ``cp_end_<detector>`` when the trainable reports it, else computed on the
             trial's own history; without its input column, ``min_fraction`` alone applies.
-        noise_grace: lengthen the grace by ``1 + noise_factor * (dropout + label_noise)``.
+        noise_grace: lengthen the grace by ``1 + noise_factor * (dropout + label_noise)``, to the nearest epoch.
         noise_factor: see ``noise_grace``.
         state_dir: run directory for ``scheduler_state.json``, its journal and ``decisions.parquet``;
             None keeps everything in memory. State found there is loaded (a resumed search).
@@ -139,10 +143,10 @@ class TrajectoryScheduler(FIFOScheduler):
         metric: str | None = None,
         mode: str | None = None,
         budget: int = 100,
-        k: int = 2,
+        k: int = 1,
         delta: float = 0.05,
-        min_fraction: float = 0.05,
-        max_fraction: float = 0.1,
+        min_fraction: float = 0.025,
+        max_fraction: float = 0.05,
         detector: str = "acc50",
         noise_grace: bool = True,
         noise_factor: float = 0.5,
@@ -151,8 +155,8 @@ class TrajectoryScheduler(FIFOScheduler):
         bank: str | None = None,
         snapshot_every: int = 500,
     ):
-        if not (budget > 0 and k > 0 and 0 < delta < 1 and 0 < min_fraction <= max_fraction <= 1):
-            raise ValueError("need budget > 0, k > 0, 0 < delta < 1 and 0 < min_fraction <= max_fraction <= 1")
+        if not (budget > 0 and k > 0 and 0 < delta < 1 and 0 < min_fraction <= 1 and 0 < max_fraction <= 1):
+            raise ValueError("need budget > 0, k > 0, 0 < delta < 1 and min_fraction, max_fraction in (0, 1]")
         super().__init__()
         self._metric = metric
         self._mode = mode
@@ -350,10 +354,11 @@ class TrajectoryScheduler(FIFOScheduler):
             grace = max(grace, self.max_fraction * state.budget)
         elif fired is not None:
             grace = max(grace, min(fired, self.max_fraction * state.budget))
-        if self.noise_grace:
+        grace = math.ceil(grace - 1e-9)
+        if self.noise_grace:  # to the nearest epoch: weak noise (under half an epoch's worth) adds nothing
             noise = sum(_clean(state.config.get(key)) or 0.0 for key in ("dropout", "label_noise"))
-            grace *= 1.0 + self.noise_factor * noise
-        return min(state.budget, math.ceil(grace - 1e-9))
+            grace = math.floor(grace * (1.0 + self.noise_factor * noise) + 0.5)
+        return min(state.budget, grace)
 
     def _detector_epoch(self, state: _TrialState, result: Mapping[str, Any]) -> int | bool | None:
         """The epoch the detector fired; False while it has not; None when it cannot be evaluated."""

@@ -79,10 +79,7 @@ def make_scheduler(spec: Spec, run_dir: Path):
     if options.type == "trajectory":
         from clp_tune.scheduler import TrajectoryScheduler
 
-        return TrajectoryScheduler(
-            budget=spec.epochs, k=options.k, delta=options.delta, min_fraction=options.min_fraction,
-            detector=options.detector, noise_grace=options.noise_grace, state_dir=str(run_dir),
-        )  # fmt: skip
+        return TrajectoryScheduler(budget=spec.epochs, state_dir=str(run_dir), **options.trajectory_options())
     return FIFOScheduler()
 
 

@@ -137,23 +137,37 @@ class Resources(_Strict):
 
 
 class SchedulerSpec(_Strict):
-    """Which trial scheduler stops trials early, and its options (only those of the chosen type apply)."""
+    """Which trial scheduler stops trials early, and its options (only those of the chosen type apply).
+
+    The trajectory options left out take ``clp_tune.scheduler.TrajectoryScheduler``'s defaults (one place, chosen
+    with ``clp-tune bench schedulers``).
+    """
 
     type: Literal["fifo", "asha", "median", "trajectory"] = "fifo"
     grace_period: int | None = Field(None, gt=0, description="asha/median: epochs before a trial can be stopped")
     reduction_factor: float = Field(3.0, gt=1, description="asha: keep 1/reduction_factor at each rung")
-    k: int = Field(3, gt=0, description="trajectory: stop when unlikely to beat the k-th best")
-    delta: float = Field(0.05, gt=0, lt=1, description="trajectory: probability below which a trial stops")
-    min_fraction: float = Field(0.1, gt=0, le=1, description="trajectory: earliest judgement, fraction of budget")
-    detector: str = Field("acc50", description="trajectory: critical-period detector that delays judgement")
-    noise_grace: bool = Field(True, description="trajectory: lengthen the grace period under dropout/label noise")
+    k: int | None = Field(None, gt=0, description="trajectory: stop when unlikely to beat the k-th best")
+    delta: float | None = Field(None, gt=0, lt=1, description="trajectory: probability below which a trial stops")
+    min_fraction: float | None = Field(None, gt=0, le=1, description="trajectory: earliest judgement (budget fraction)")
+    max_fraction: float | None = Field(
+        None, gt=0, le=1, description="trajectory: latest a critical-period detector may delay judgement"
+    )
+    detector: str | None = Field(None, description="trajectory: critical-period detector that delays judgement")
+    noise_grace: bool | None = Field(None, description="trajectory: lengthen the grace under dropout/label noise")
+    noise_factor: float | None = Field(None, ge=0, description="trajectory: grace x (1 + factor x noise level)")
+    bank: str | None = Field(None, description="trajectory: bank Parquet for the predictor's prior")
 
     @field_validator("detector")
     @classmethod
-    def _known_detector(cls, value: str) -> str:
-        if value not in DETECTORS:
+    def _known_detector(cls, value: str | None) -> str | None:
+        if value is not None and value not in DETECTORS:
             raise ValueError(f"expected one of {', '.join(DETECTORS)}, got {value!r}")
         return value
+
+    def trajectory_options(self) -> dict[str, Any]:
+        """The trajectory scheduler's options given in the spec (the rest keep the scheduler's defaults)."""
+        names = ("k", "delta", "min_fraction", "max_fraction", "detector", "noise_grace", "noise_factor", "bank")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 class Spec(_Strict):
@@ -272,6 +286,14 @@ def _check_compatibility(spec: Spec) -> None:
     pretrain = spec.params.get("pretrain", "none")
     if spec.model != "mlp" and pretrain != "none":
         raise SpecError(f"params.pretrain: autoencoder pretraining needs model 'mlp', not {spec.model!r}")
+    if spec.scheduler.type == "trajectory":
+        if (spec.metric, spec.mode) != ("val_acc", "max"):
+            raise SpecError(
+                f"scheduler.type: 'trajectory' predicts the final val_acc and needs metric val_acc and mode max, "
+                f"got metric {spec.metric!r} and mode {spec.mode!r}"
+            )
+        if spec.scheduler.bank is not None and not Path(spec.scheduler.bank).is_file():
+            raise SpecError(f"scheduler.bank: no such file {spec.scheduler.bank!r}")
     gridded = [name for name, entry in spec.searched().items() if "grid" in entry]
     if gridded and spec.searcher != "random":
         raise SpecError(f"params.{gridded[0]}.grid: a grid needs searcher 'random' (Optuna samples, it cannot grid)")

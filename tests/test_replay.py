@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from test_predictor import synthetic_bank
 
+from clp_tune.cli import main
 from clp_tune.predictor import trajectories_from_frame
 from clp_tune.replay import SCHEDULERS, _regret_within, _timeline_metrics, load_bank, run_scheduler_benchmark
 
@@ -24,13 +25,16 @@ def test_timeline_metrics() -> None:
     assert _regret_within(metrics["finished"], 10, best) == pytest.approx(metrics["regret_points"])
 
 
-def test_bank_schema_is_checked(tmp_path: Path) -> None:
+def test_bank_schema_is_checked(tmp_path: Path, capsys) -> None:
     bank = synthetic_bank(2, 3, seed=0)
     bank.drop(columns=["val_acc"]).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="val_acc"):
         load_bank(tmp_path / "bad.parquet")
     with pytest.raises(FileNotFoundError):
         load_bank(tmp_path / "missing.parquet")
+    for bad in ("bad.parquet", "missing.parquet"):  # the CLI says which option, exits 2, and never starts Ray
+        assert main(["bench", "schedulers", "--bank", str(tmp_path / bad)]) == 2
+        assert "--bank" in capsys.readouterr().err
 
 
 def test_benchmark_on_a_tiny_bank_through_ray(ray_local, tmp_path: Path, capsys) -> None:

@@ -62,6 +62,19 @@ BAD_SPECS = {
     "grid with optuna": (tiny_spec(searcher="optuna", params={"seed": {"grid": [0, 1]}}), "params.seed.grid"),
     "unknown statistic": (tiny_spec(statistics=["entropy"]), "statistics"),
     "dropout of 1": (tiny_spec(params={"dropout": 1.0}), "params.dropout: expected a number in [0, 1)"),
+    "trajectory on val_loss": (
+        tiny_spec(scheduler="trajectory", metric="val_loss", mode="min"),
+        "scheduler.type: 'trajectory' predicts the final val_acc",
+    ),
+    "trajectory delta of 1": (tiny_spec(scheduler={"type": "trajectory", "delta": 1.0}), "scheduler.delta"),
+    "trajectory unknown detector": (
+        tiny_spec(scheduler={"type": "trajectory", "detector": "magic"}),
+        "scheduler.detector",
+    ),
+    "trajectory bank missing": (
+        tiny_spec(scheduler={"type": "trajectory", "bank": "/nonexistent/bank.parquet"}),
+        "scheduler.bank: no such file",
+    ),
 }
 
 
@@ -97,3 +110,21 @@ def test_run_rejects_bad_file_before_ray_starts(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "ray-not-started" in result.stdout
     assert "resources.gpu" in result.stderr
+
+
+def test_trajectory_options_reach_the_scheduler(tmp_path: Path) -> None:
+    from clp_tune.scheduler import TrajectoryScheduler
+    from clp_tune.search import make_scheduler
+
+    given = {"type": "trajectory", "k": 4, "delta": 0.2, "min_fraction": 0.3, "max_fraction": 0.4, "noise_factor": 2.0}
+    scheduler = make_scheduler(parse_spec(tiny_spec(scheduler=given)), tmp_path)
+    assert isinstance(scheduler, TrajectoryScheduler)
+    assert (scheduler.k, scheduler.delta, scheduler.min_fraction, scheduler.max_fraction, scheduler.noise_factor) == (
+        4,
+        0.2,
+        0.3,
+        0.4,
+        2.0,
+    )
+    defaults = make_scheduler(parse_spec(tiny_spec(scheduler="trajectory")), tmp_path / "defaults")
+    assert defaults.k == TrajectoryScheduler(budget=10).k  # left out: the scheduler's own default
