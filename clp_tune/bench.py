@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from clp_tune.spec import KNOBS
-from clp_tune.statistics import STATISTIC_GROUPS
+from clp_tune.statistics import STATISTIC_GROUPS, TrajectoryStatistics
 
 REFERENCE_TARGET = 0.92
 
@@ -27,11 +27,11 @@ def reference_config(epochs: int, statistics: str = "") -> dict[str, Any]:
     return config
 
 
-def _train(config: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def _train(config: dict[str, Any], statistics_type: type[TrajectoryStatistics] = TrajectoryStatistics) -> list[dict]:
     from clp_tune.trainable import run_trial
 
-    rows = [] if rows is None else rows
-    run_trial(config, lambda row, state: rows.append(row))
+    rows: list[dict[str, Any]] = []
+    run_trial(config, lambda row, state: rows.append(row), statistics_type=statistics_type)
     return rows
 
 
@@ -54,30 +54,21 @@ def mnist1d_reference(args: argparse.Namespace) -> int:
     return 0 if mean >= REFERENCE_TARGET else 1
 
 
-class _TimedStatistics:
-    """Wraps TrajectoryStatistics and adds up the wall time spent inside it (CPU work has no hidden async)."""
+class _TimedStatistics(TrajectoryStatistics):
+    """TrajectoryStatistics that adds up the wall time spent inside it (CPU work has no hidden async)."""
 
     seconds = 0.0
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        from clp_tune.statistics import TrajectoryStatistics
-
-        self._inner = TrajectoryStatistics(*args, **kwargs)
-
-    def _timed(self, method: str, *args: Any) -> Any:
-        started = time.perf_counter()
-        result = getattr(self._inner, method)(*args)
-        _TimedStatistics.seconds += time.perf_counter() - started
-        return result
-
     def observe_step(self, *args: Any) -> None:
-        self._timed("observe_step", *args)
+        started = time.perf_counter()
+        super().observe_step(*args)
+        _TimedStatistics.seconds += time.perf_counter() - started
 
     def end_epoch(self, *args: Any) -> dict[str, float]:
-        return self._timed("end_epoch", *args)
-
-    def state_dict(self) -> dict:
-        return self._inner.state_dict()
+        started = time.perf_counter()
+        values = super().end_epoch(*args)
+        _TimedStatistics.seconds += time.perf_counter() - started
+        return values
 
 
 def statistics_overhead(args: argparse.Namespace) -> int:
@@ -86,24 +77,17 @@ def statistics_overhead(args: argparse.Namespace) -> int:
     Inside: time spent in the statistics calls divided by the rest of the epoch (robust on a busy machine).
     Side by side: median epoch time with all statistics vs none, interleaved run by run.
     """
-    from clp_tune import trainable
-
     torch.set_num_threads(args.threads)
     timings: dict[str, list[float]] = {"off": [], "on": []}
     inside, rest = 0.0, 0.0
-    original = trainable.TrajectoryStatistics
-    trainable.TrajectoryStatistics = _TimedStatistics
-    try:
-        for repeat in range(args.repeats):
-            for label, enabled in (("off", ""), ("on", ",".join(STATISTIC_GROUPS))):
-                _TimedStatistics.seconds = 0.0
-                rows = _train(reference_config(args.epochs, enabled) | {"seed": repeat})
-                timings[label].extend(row["epoch_seconds"] for row in rows[1:])  # the first epoch warms caches
-                if label == "on":
-                    inside += _TimedStatistics.seconds
-                    rest += sum(row["epoch_seconds"] for row in rows) - _TimedStatistics.seconds
-    finally:
-        trainable.TrajectoryStatistics = original
+    for repeat in range(args.repeats):
+        for label, enabled in (("off", ""), ("on", ",".join(STATISTIC_GROUPS))):
+            _TimedStatistics.seconds = 0.0
+            rows = _train(reference_config(args.epochs, enabled) | {"seed": repeat}, _TimedStatistics)
+            timings[label].extend(row["epoch_seconds"] for row in rows[1:])  # the first epoch warms caches
+            if label == "on":
+                inside += _TimedStatistics.seconds
+                rest += sum(row["epoch_seconds"] for row in rows) - _TimedStatistics.seconds
     off, on = stats.median(timings["off"]), stats.median(timings["on"])
     print(f"model cnn1d on mnist1d, batch {KNOBS['batch_size'].default}, {args.threads} thread(s), "
           f"{args.repeats} x {args.epochs} epochs each way")  # fmt: skip

@@ -81,10 +81,12 @@ def _schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int) -> 
 
 
 def run_trial(config: dict[str, Any], report: Report, state: dict[str, Any] | None = None,
-              splits: Splits | None = None, device: torch.device | str = "cpu") -> None:  # fmt: skip
+              splits: Splits | None = None, device: torch.device | str = "cpu",
+              statistics_type: type[TrajectoryStatistics] = TrajectoryStatistics) -> None:  # fmt: skip
     """Train one configuration, calling ``report(row, state)`` after every epoch.
 
-    ``state`` (from a previous ``report``) resumes a trial; ``splits`` may be passed in to skip loading data.
+    ``state`` (from a previous ``report``) resumes a trial; ``splits`` may be passed in to skip loading data;
+    ``statistics_type`` lets a benchmark time the statistics (a subclass) without touching this module.
     """
     device = torch.device(device)
     seed, budget = int(config["seed"]), int(config["epochs"])
@@ -102,7 +104,7 @@ def run_trial(config: dict[str, Any], report: Report, state: dict[str, Any] | No
 
     probe = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed + 1))[:PROBE_SIZE].to(device)
     enabled = [name for name in str(config.get("statistics", "")).split(",") if name]
-    statistics = TrajectoryStatistics(model, splits.x_train[probe], y_train[probe], enabled, splits.num_classes, seed)
+    statistics = statistics_type(model, splits.x_train[probe], y_train[probe], enabled, splits.num_classes, seed)
     early = EarlyPeriod(
         config["mixup_off"], budget, config["mixup_alpha"], config["early_mixup"], config["alpha_boost"],
         config["high_loss_q"],
