@@ -102,10 +102,19 @@ def test_grace_follows_the_detector_and_noise(fitted_predictor) -> None:
     with_references(noisy)
     actions = run_trial(noisy, FakeTrial("noisy", config(dropout=0.5)), curve(0.2, 0.05))
     assert len(actions) == math.ceil(0.2 * BUDGET * 1.5)  # grace x (1 + dropout + label_noise)
+    weak = make_scheduler(fitted_predictor, min_fraction=0.2, max_fraction=0.2, noise_factor=0.5)
+    with_references(weak)
+    actions = run_trial(weak, FakeTrial("weak-noise", config(dropout=0.1)), curve(0.2, 0.05))
+    assert len(actions) == 0.2 * BUDGET  # 4 x 1.05 epochs rounds to 4: weak noise does not lengthen the grace
 
 
-def test_late_bloomer_under_high_dropout_is_not_stopped(fitted_predictor) -> None:
-    scheduler = make_scheduler(fitted_predictor)
+@pytest.mark.parametrize("defaults", [False, True], ids=["long-grace", "scheduler-defaults"])
+def test_late_bloomer_under_high_dropout_is_not_stopped(fitted_predictor, defaults: bool) -> None:
+    if defaults:  # a grace of one epoch: only the predictor (which knows dropout slows curves) protects it
+        scheduler = TrajectoryScheduler(budget=BUDGET, predictor=copy.deepcopy(fitted_predictor))
+        scheduler.set_search_properties("val_acc", "max")
+    else:
+        scheduler = make_scheduler(fitted_predictor)
     with_references(scheduler)
     rows = curve(0.88, 0.3, dropout=0.5)  # at 20 % of the budget it is far below the references
     assert rows[3]["val_acc"] < 0.5 < 0.78
