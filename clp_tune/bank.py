@@ -26,17 +26,27 @@ from clp_tune.statistics import STATISTIC_GROUPS
 SHIPPED_BANK = Path(__file__).parent / "data" / "bank_mnist1d.parquet"
 
 
-def sample_configs(n: int, epochs: int, seed: int) -> list[dict[str, Any]]:
-    """Configurations spread over the quickstart's space, wide enough that curves cross (late bloomers)."""
+# Where learning rate and dropout are sampled from (log-uniform, uniform). "wide" is the quickstart's space, the
+# shipped bank's; "regularized" keeps only good learning rates and strong dropout, so the best trials are the
+# strongly regularized ones, which start slowly: curves cross at the top (a stress test for early stopping).
+SPACES = {
+    "wide": {"lr": (3e-4, 5e-2), "dropout": (0.0, 0.6)},
+    "regularized": {"lr": (3e-3, 3e-2), "dropout": (0.0, 0.75)},
+}
+
+
+def sample_configs(n: int, epochs: int, seed: int, space: str = "wide") -> list[dict[str, Any]]:
+    """Configurations spread over ``SPACES[space]`` and the Mixup, noise and batch-size knobs."""
+    lr, dropout = SPACES[space]["lr"], SPACES[space]["dropout"]
     rng = np.random.default_rng(seed)
     configs = []
     for index in range(n):
         config = {name: knob.default for name, knob in KNOBS.items()}
         config.update(
             dataset="mnist1d", model="cnn1d", epochs=epochs, statistics=",".join(STATISTIC_GROUPS),
-            lr=float(np.exp(rng.uniform(np.log(3e-4), np.log(5e-2)))),
+            lr=float(np.exp(rng.uniform(np.log(lr[0]), np.log(lr[1])))),
             batch_size=int(rng.choice([64, 128, 256])),
-            dropout=float(rng.uniform(0.0, 0.6)),
+            dropout=float(rng.uniform(*dropout)),
             weight_decay=float(np.exp(rng.uniform(np.log(1e-5), np.log(1e-2)))),
             label_noise=float(rng.choice([0.0, 0.0, 0.1, 0.2])),
             mixup_alpha=float(rng.choice([0.0, 0.4, 1.0])),
@@ -65,11 +75,11 @@ def _record_one(config: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
-def record_bank(out: Path, trials: int, epochs: int, workers: int, seed: int = 0) -> pd.DataFrame:
-    """Train ``trials`` sampled configurations for ``epochs`` each and write the bank to ``out``."""
+def record_bank(out: Path, trials: int, epochs: int, workers: int, seed: int = 0, space: str = "wide") -> pd.DataFrame:
+    """Train ``trials`` configurations sampled from ``space`` for ``epochs`` each and write the bank to ``out``."""
     from clp_tune.store import write_table
 
-    configs = sample_configs(trials, epochs, seed)
+    configs = sample_configs(trials, epochs, seed, space)
     frames, started = [], time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(_record_one, config) for config in configs]
@@ -94,9 +104,10 @@ def add_bank_parser(commands: argparse._SubParsersAction) -> None:
     record.add_argument("--epochs", type=int, default=40)
     record.add_argument("--workers", type=int, default=os.cpu_count())
     record.add_argument("--seed", type=int, default=0)
+    record.add_argument("--space", choices=sorted(SPACES), default="wide", help="where lr and dropout are sampled")
 
     def handler(args: argparse.Namespace) -> int:
-        frame = record_bank(args.out, args.trials, args.epochs, args.workers, args.seed)
+        frame = record_bank(args.out, args.trials, args.epochs, args.workers, args.seed, args.space)
         print(f"wrote {args.out}: {frame.trial_id.nunique()} trials, {len(frame)} rows")
         return 0
 

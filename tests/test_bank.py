@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clp_tune.bank import SHIPPED_BANK, record_bank, sample_configs
+from clp_tune.bank import SHIPPED_BANK, SPACES, record_bank, sample_configs
 from clp_tune.statistics import GROUP_COLUMNS
 
 
@@ -24,6 +24,19 @@ def test_sampled_configs_are_reproducible_and_varied() -> None:
     first, second = sample_configs(20, 40, seed=0), sample_configs(20, 40, seed=0)
     assert first == second
     assert len({c["lr"] for c in first}) == 20 and {c["batch_size"] for c in first} <= {64, 128, 256}
+    for space, ranges in SPACES.items():
+        for config in sample_configs(50, 40, seed=1, space=space):
+            assert ranges["lr"][0] <= config["lr"] <= ranges["lr"][1]
+            assert ranges["dropout"][0] <= config["dropout"] <= ranges["dropout"][1]
+
+
+def test_shipped_bank_is_the_wide_space_sampled_with_seed_0() -> None:
+    """`clp-tune bank record` with its defaults reproduces the shipped bank's configurations."""
+    shipped = pd.read_parquet(SHIPPED_BANK).groupby("trial_id").first()
+    for config in sample_configs(len(shipped), 40, seed=0):
+        row = shipped.loc[config["trial_id"]]
+        assert abs(row["config/lr"] - config["lr"]) <= 1e-6 * config["lr"]
+        assert abs(row["config/dropout"] - config["dropout"]) <= 1e-6
 
 
 def test_shipped_bank_has_full_length_trajectories_with_all_statistics() -> None:
