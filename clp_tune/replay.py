@@ -285,8 +285,9 @@ def _targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if "trajectory" in runs and "asha" in runs:
         for key in ("regret_at_asha_budget", "regret_at_2x_asha_budget"):
             ours, asha = runs["trajectory"][key], runs["asha"][key]
-            met = ours is not None and asha is not None and (ours < asha or ours == asha == 0)
-            out[f"{key}_below_asha"] = {"trajectory": ours, "asha": asha, "met": met}
+            tied = ours is not None and ours == asha == 0  # neither lost the best trial: nothing to win
+            met = ours is not None and asha is not None and ours < asha
+            out[f"{key}_below_asha"] = {"trajectory": ours, "asha": asha, "met": met, "tied_at_zero": tied}
     return out
 
 
@@ -310,7 +311,11 @@ def _print_table(result: dict[str, Any]) -> None:
     print("Spearman(predicted, true final) at fraction of budget:")
     for name, row in result["spearman"].items():
         print(f"  {name:<11}" + "  ".join(f"{f}: {fmt(v, '.3f')}" for f, v in row.items()))
-    print("targets: " + ", ".join(f"{name} {'met' if t['met'] else 'MISSED'}" for name, t in result["targets"].items()))
+
+    def verdict(target: dict[str, Any]) -> str:
+        return "met" if target["met"] else "tied (both 0)" if target.get("tied_at_zero") else "MISSED"
+
+    print("targets: " + ", ".join(f"{name} {verdict(t)}" for name, t in result["targets"].items()))
 
 
 def run_scheduler_benchmark(

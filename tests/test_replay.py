@@ -11,7 +11,14 @@ from test_predictor import synthetic_bank
 
 from clp_tune.cli import main
 from clp_tune.predictor import trajectories_from_frame
-from clp_tune.replay import SCHEDULERS, _regret_within, _timeline_metrics, load_bank, run_scheduler_benchmark
+from clp_tune.replay import (
+    SCHEDULERS,
+    _regret_within,
+    _targets,
+    _timeline_metrics,
+    load_bank,
+    run_scheduler_benchmark,
+)
 
 
 def test_timeline_metrics() -> None:
@@ -64,3 +71,17 @@ def test_benchmark_on_a_tiny_bank_through_ray(ray_local, tmp_path: Path, capsys)
         "regret_at_2x_asha_budget_below_asha",
     }  # fmt: skip
     assert all(isinstance(t["met"], bool) for t in saved["targets"].values())
+
+
+def test_matched_budget_targets_tell_a_tie_from_a_win() -> None:
+    def result(ours: float, asha: float) -> dict:
+        runs = {"trajectory": {"regret_at_asha_budget": ours, "regret_at_2x_asha_budget": ours},
+                "asha": {"regret_at_asha_budget": asha, "regret_at_2x_asha_budget": asha}}  # fmt: skip
+        spearman = {"trajectory": {"0.1": 0.9, "0.25": 0.95}, "last_value": {"0.1": 0.7}}
+        return {"schedulers": runs, "spearman": spearman}
+
+    tie = _targets(result(0.0, 0.0))["regret_at_asha_budget_below_asha"]
+    assert not tie["met"] and tie["tied_at_zero"]
+    win = _targets(result(0.3, 1.3))["regret_at_2x_asha_budget_below_asha"]
+    assert win["met"] and not win["tied_at_zero"]
+    assert not _targets(result(1.3, 0.3))["regret_at_asha_budget_below_asha"]["met"]
