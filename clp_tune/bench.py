@@ -99,6 +99,7 @@ def statistics_overhead(args: argparse.Namespace) -> int:
 
 def schedulers(args: argparse.Namespace) -> int:
     from clp_tune.replay import load_bank, run_scheduler_benchmark
+    from clp_tune.scheduler import TrajectoryScheduler
 
     try:
         load_bank(args.bank)  # a wrong path or schema fails here, before Ray starts
@@ -107,6 +108,11 @@ def schedulers(args: argparse.Namespace) -> int:
         return 2
     names = ("k", "delta", "min_fraction", "max_fraction", "noise_factor", "noise_grace")
     options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    try:
+        TrajectoryScheduler(budget=1, **options)  # checks the options' ranges (the predictor is built lazily)
+    except ValueError as error:
+        print(f"error: trajectory scheduler options: {error}", file=sys.stderr)
+        return 2
     run_scheduler_benchmark(args.bank, repetitions=args.repetitions, out_json=args.json, trajectory_options=options)
     return 0
 

@@ -155,8 +155,11 @@ class TrajectoryScheduler(FIFOScheduler):
         bank: str | None = None,
         snapshot_every: int = 500,
     ):
-        if not (budget > 0 and k > 0 and 0 < delta < 1 and 0 < min_fraction <= 1 and 0 < max_fraction <= 1):
-            raise ValueError("need budget > 0, k > 0, 0 < delta < 1 and min_fraction, max_fraction in (0, 1]")
+        if not (budget > 0 and k > 0 and 0 < delta < 1 and 0 < min_fraction <= 1 and 0 < max_fraction <= 1
+                and noise_factor >= 0):  # fmt: skip
+            raise ValueError(
+                "need budget > 0, k > 0, 0 < delta < 1, min_fraction and max_fraction in (0, 1], noise_factor >= 0"
+            )
         super().__init__()
         self._metric = metric
         self._mode = mode

@@ -42,6 +42,8 @@ def test_bank_schema_is_checked(tmp_path: Path, capsys) -> None:
     for bad in ("bad.parquet", "missing.parquet"):  # the CLI says which option, exits 2, and never starts Ray
         assert main(["bench", "schedulers", "--bank", str(tmp_path / bad)]) == 2
         assert "--bank" in capsys.readouterr().err
+    assert main(["bench", "schedulers", "--delta", "2"]) == 2
+    assert "0 < delta < 1" in capsys.readouterr().err
 
 
 def test_benchmark_on_a_tiny_bank_through_ray(ray_local, tmp_path: Path, capsys) -> None:
