@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,19 @@ def ray_pids(ray_tmpdir: str) -> list[int]:
         if marker_env in environ or ray_tmpdir.encode() in cmdline:
             pids.append(int(entry))
     return pids
+
+
+def reap_ray(ray_tmpdir: str, grace_s: float) -> list[int]:
+    """Wait up to ``grace_s`` for one test's Ray processes to exit on their own, then SIGKILL the survivors;
+    returns the pids that had to be killed."""
+    deadline = time.monotonic() + grace_s
+    while ray_pids(ray_tmpdir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    survivors = ray_pids(ray_tmpdir)
+    for pid in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return survivors
 
 
 def tiny_spec(**overrides) -> dict:

@@ -9,11 +9,8 @@ checkpoint (``max_failures``), not from epoch 1.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -21,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ray_pids, tiny_spec
+from conftest import reap_ray, tiny_spec
 
 from clp_tune.search import run_search
 from clp_tune.spec import parse_spec
@@ -29,15 +26,6 @@ from clp_tune.spec import parse_spec
 EPOCHS = 10
 KILL_AFTER_EPOCHS = 2
 WATCH_TIMEOUT_S = 150
-
-
-def _reap(ray_tmpdir: str, grace_s: float = 10.0) -> None:
-    deadline = time.monotonic() + grace_s
-    while ray_pids(ray_tmpdir) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in ray_pids(ray_tmpdir):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _parent(pid: int) -> int | None:
@@ -123,7 +111,7 @@ def cluster(monkeypatch):
         ray.shutdown()
         if local is not None:
             local.shutdown()
-        _reap(ray_tmpdir)
+        reap_ray(ray_tmpdir, grace_s=10.0)
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
 
 

@@ -9,7 +9,6 @@ finished trial untouched, continue the other from its checkpoint and run the tri
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import math
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from conftest import REPO, ray_pids, tiny_spec, write_spec
+from conftest import REPO, reap_ray, tiny_spec, write_spec
 
 EPOCHS = 8
 TRIALS = 4  # 2 samples x batch_size grid [64, 4]
@@ -41,18 +40,6 @@ def _cli_env(ray_tmpdir: str) -> dict[str, str]:
 
 def _clp_tune(*args: str) -> list[str]:
     return [sys.executable, "-m", "clp_tune.cli", *args]
-
-
-def _reap_ray(ray_tmpdir: str, grace_s: float = 20.0) -> list[int]:
-    """Wait for this test's Ray processes to exit on their own, then SIGKILL survivors one by one."""
-    deadline = time.monotonic() + grace_s
-    while ray_pids(ray_tmpdir) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    survivors = ray_pids(ray_tmpdir)
-    for pid in survivors:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return survivors
 
 
 def _wait_stopped(pid: int, timeout_s: float = 5.0) -> None:
@@ -185,7 +172,7 @@ def test_resume_after_driver_killed_keeps_finished_and_continues_unfinished(tmp_
     run_dir = tmp_path / "runs" / "r"
     try:
         state = _run_until_midway(spec_path, tmp_path, env, tmp_path / "run.log")
-        _reap_ray(ray_tmpdir)
+        reap_ray(ray_tmpdir, grace_s=20.0)
         before = _result_rows(run_dir)
         assert before is not None, "a result.json was left half-written at the kill"
         finished = {t for t, (_, epoch) in state.items() if epoch == EPOCHS}
@@ -200,7 +187,7 @@ def test_resume_after_driver_killed_keeps_finished_and_continues_unfinished(tmp_
             )  # fmt: skip
         assert resumed.returncode == 0, f"`clp-tune resume` exited {resumed.returncode}\n{_log_tail(log)}"
     finally:
-        _reap_ray(ray_tmpdir, grace_s=10.0)
+        reap_ray(ray_tmpdir, grace_s=10.0)
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
 
     trials = pd.read_parquet(run_dir / "trials.parquet")
