@@ -153,6 +153,12 @@ def _number(value: Any) -> float:
     return out if math.isfinite(out) else math.nan
 
 
+def planned_epochs(config: Mapping[str, Any], default: int) -> int:
+    """A trial's budget: its ``epochs`` (or ``config/epochs``) key when positive, else ``default``."""
+    epochs = _number(_config_value(config, "epochs"))
+    return int(epochs) if epochs > 0 else default
+
+
 def _config_features(config: Mapping[str, Any]) -> dict[str, float]:
     """Hyperparameters that set the noise scale and the regularization strength, on scales trees split well."""
     lr, bs = _number(_config_value(config, "lr")), _number(_config_value(config, "batch_size"))
@@ -253,10 +259,8 @@ def trajectories_from_frame(frame: pd.DataFrame) -> list[Trajectory]:
         rows = rows.drop_duplicates("epoch", keep="last").sort_values("epoch")
         config = {c[len("config/") :]: rows[c].iloc[0] for c in config_columns}
         config["trial_id"] = str(trial_id)
-        epochs = _number(config.get("epochs"))
-        budget = int(epochs) if epochs > 0 else int(rows["epoch"].max())
         history = {c: rows[c].astype(float).tolist() for c in columns}
-        out.append(Trajectory(history, config, budget))
+        out.append(Trajectory(history, config, planned_epochs(config, int(rows["epoch"].max()))))
     return out
 
 
@@ -495,9 +499,7 @@ class FinalAccuracyPredictor:
             budget: the trial's planned epochs (default: config's ``epochs``, else the epochs seen).
         """
         config = config or {}
-        if budget is None:
-            epochs = _number(_config_value(config, "epochs"))
-            budget = int(epochs) if epochs > 0 else len(history["val_acc"])
+        budget = budget or planned_epochs(config, len(history["val_acc"]))
         raw = self._raw_predict(history, config, budget)
         mean, std = self._calibration.correct(len(history["val_acc"]) / budget, raw.mean, raw.std)
         return Prediction(float(np.clip(mean, 0, 1)), max(std, MIN_STD))

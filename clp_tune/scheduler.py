@@ -44,7 +44,15 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
 from clp_tune.bank import SHIPPED_BANK
-from clp_tune.predictor import HISTORY_COLUMNS, FinalAccuracyPredictor, Prediction, Predictor, Trajectory
+from clp_tune.detectors import DETECTOR_INPUT, DETECTORS
+from clp_tune.predictor import (
+    HISTORY_COLUMNS,
+    FinalAccuracyPredictor,
+    Prediction,
+    Predictor,
+    Trajectory,
+    planned_epochs,
+)
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -216,7 +224,7 @@ class TrajectoryScheduler(FIFOScheduler):
             )
         if trial.trial_id not in self._trials:
             config = _scalar_config(trial.config)
-            self._trials[trial.trial_id] = _TrialState(budget=self._budget_of(config), config=config)
+            self._trials[trial.trial_id] = _TrialState(budget=planned_epochs(config, self.budget), config=config)
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
         state = self._trials.get(trial.trial_id)
@@ -298,7 +306,7 @@ class TrajectoryScheduler(FIFOScheduler):
             name = key[len("config/") :]
             if key.startswith("config/") and name not in state.config and isinstance(value, (str, int, float, bool)):
                 state.config[name] = value
-        state.budget = self._budget_of(state.config)
+        state.budget = planned_epochs(state.config, self.budget)
         state.record(epoch, {c: _clean(result[c]) for c in HISTORY_COLUMNS + ("diverged",) if c in result})
         decision = {"trial_id": trial_id, "epoch": epoch, "pred_mean": math.nan, "pred_std": math.nan,
                     "threshold": math.nan, "p_beat": math.nan}  # fmt: skip
@@ -331,11 +339,6 @@ class TrajectoryScheduler(FIFOScheduler):
         decision.update(action=action, reason=reason)
         self._decisions.append(decision)
         return decision
-
-    def _budget_of(self, config: Mapping[str, Any]) -> int:
-        """A trial's planned epochs: its ``epochs`` config key, else the scheduler's budget."""
-        epochs = _clean(config.get("epochs"))
-        return int(epochs) if epochs and epochs > 0 else self.budget
 
     @staticmethod
     def _divergence(state: _TrialState, result: Mapping[str, Any]) -> str | None:
@@ -370,8 +373,6 @@ class TrajectoryScheduler(FIFOScheduler):
         if reported in result:
             value = _clean(result[reported])
             return False if value is None else int(value)
-        from clp_tune.detectors import DETECTOR_INPUT, DETECTORS
-
         values = state.history.get(DETECTOR_INPUT[self.detector])
         if not values or all(v is None for v in values):
             return None
