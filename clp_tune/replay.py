@@ -7,7 +7,7 @@ by epoch (with the trial's ``config/<key>`` columns, as a real result carries th
 Compared, per order of the trials (seeded shuffles) and then averaged:
 
 * no stopping (FIFO); ASHA (``AsyncHyperBandScheduler``: time_attr=epoch, max_t=T, grace_period=max(1, T//10),
-  reduction_factor=3 -- the product's defaults in ``search.make_scheduler``); the median stopping rule
+  reduction_factor=3 -- the product's settings, ``search.stock_scheduler``); the median stopping rule
   (``MedianStoppingRule``: grace_period=max(1, T//10), min_samples_required=3); the trajectory scheduler;
 * total epochs (and the ratio to no stopping), best final val_acc among trials that ran their whole budget,
   regret to the bank's best final (points), epochs until a trial within 0.5 points of the best had finished;
@@ -52,6 +52,7 @@ from clp_tune.predictor import (
     trajectories_from_frame,
 )
 from clp_tune.scheduler import TrajectoryScheduler
+from clp_tune.search import stock_scheduler, stock_scheduler_args
 
 SCHEDULERS = ("fifo", "asha", "median", "trajectory")
 SPEARMAN_FRACTIONS = (0.1, 0.25, 0.5)
@@ -146,18 +147,11 @@ def spearman_table(bank: pd.DataFrame, predictor: CrossFitPredictor) -> dict[str
 
 
 def _make_scheduler(name: str, budget: int, predictor: CrossFitPredictor, state_dir: Path, options: dict):
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
-
-    grace = max(1, budget // 10)
-    if name == "asha":
-        return AsyncHyperBandScheduler(time_attr="epoch", max_t=budget, grace_period=grace, reduction_factor=3)
-    if name == "median":
-        return MedianStoppingRule(time_attr="epoch", grace_period=grace, min_samples_required=3)
     if name == "trajectory":
         return TrajectoryScheduler(
             budget=budget, predictor=copy.deepcopy(predictor), state_dir=str(state_dir), **options
         )
-    return FIFOScheduler()
+    return stock_scheduler(name, budget)
 
 
 @contextlib.contextmanager
@@ -402,13 +396,8 @@ def run_scheduler_benchmark(
         "orders_seed": seed,
         "folds": folds,
         "settings": {
-            "asha": {
-                "time_attr": "epoch",
-                "max_t": budget,
-                "grace_period": max(1, budget // 10),
-                "reduction_factor": 3,
-            },
-            "median": {"time_attr": "epoch", "grace_period": max(1, budget // 10), "min_samples_required": 3},
+            "asha": stock_scheduler_args("asha", budget),
+            "median": stock_scheduler_args("median", budget),
             "trajectory": trajectory_options or {},
         },
         "schedulers": {name: _summarize(r) for name, r in runs.items()},

@@ -44,7 +44,7 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         token.chmod(0o600)  # Ray 2.60 writes it world-readable; it grants control of the cluster
 
 
-def _quiet_tune() -> None:
+def _no_checkpoint_sync_warnings() -> None:
     """Checkpointing every epoch (for exact resume) makes Tune save its experiment state often; it warns each time."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -64,23 +64,33 @@ def make_searcher(spec: Spec):
     return BasicVariantGenerator(random_state=spec.search_seed, max_concurrent=spec.max_concurrent_trials)
 
 
-def make_scheduler(spec: Spec, run_dir: Path):
-    """The trial scheduler named in the spec; epochs (not Ray iterations) are the time axis."""
+def stock_scheduler_args(kind: str, budget: int, grace_period: int | None = None, reduction_factor: float = 3.0):
+    """Arguments of Ray's ASHA (``asha``) or median stopping rule (``median``) with this product's settings:
+    epochs (not Ray iterations) are the time axis, and the grace period defaults to a tenth of the budget."""
+    grace = grace_period or max(1, budget // 10)
+    if kind == "asha":
+        return {"time_attr": "epoch", "max_t": budget, "grace_period": grace, "reduction_factor": reduction_factor}
+    return {"time_attr": "epoch", "grace_period": grace, "min_samples_required": 3}
+
+
+def stock_scheduler(kind: str, budget: int, grace_period: int | None = None, reduction_factor: float = 3.0):
+    """Ray's FIFO (no stopping), ASHA or median stopping rule, as :func:`stock_scheduler_args` sets them up."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
 
+    if kind == "fifo":
+        return FIFOScheduler()
+    scheduler = AsyncHyperBandScheduler if kind == "asha" else MedianStoppingRule
+    return scheduler(**stock_scheduler_args(kind, budget, grace_period, reduction_factor))
+
+
+def make_scheduler(spec: Spec, run_dir: Path):
+    """The trial scheduler named in the spec."""
     options = spec.scheduler
-    grace = options.grace_period or max(1, spec.epochs // 10)
-    if options.type == "asha":
-        return AsyncHyperBandScheduler(
-            time_attr="epoch", max_t=spec.epochs, grace_period=grace, reduction_factor=options.reduction_factor
-        )
-    if options.type == "median":
-        return MedianStoppingRule(time_attr="epoch", grace_period=grace, min_samples_required=3)
     if options.type == "trajectory":
         from clp_tune.scheduler import TrajectoryScheduler
 
         return TrajectoryScheduler(budget=spec.epochs, state_dir=str(run_dir), **options.trajectory_options())
-    return FIFOScheduler()
+    return stock_scheduler(options.type, spec.epochs, options.grace_period, options.reduction_factor)
 
 
 def trainable_for(spec: Spec):
@@ -103,7 +113,7 @@ def run_search(
     """
     from ray import tune
 
-    _quiet_tune()
+    _no_checkpoint_sync_warnings()
     run_name = run_name or f"{spec.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     storage = str(storage_path) if _is_uri(storage_path) else str(Path(storage_path).resolve())
     local_dir = (Path("runs") / run_name).resolve() if _is_uri(storage) else Path(storage) / run_name
@@ -135,7 +145,7 @@ def resume_search(run_dir: str | Path, reports_dir: str | Path = "reports") -> R
     if not tune.Tuner.can_restore(str(run_dir)):
         raise FileNotFoundError(f"{run_dir} is not a Ray Tune run directory that can be resumed")
     spec = load_spec(run_dir / SPEC_FILE)
-    _quiet_tune()
+    _no_checkpoint_sync_warnings()
     tuner = tune.Tuner.restore(
         str(run_dir), trainable=trainable_for(spec), resume_unfinished=True, resume_errored=False
     )
