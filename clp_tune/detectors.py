@@ -8,7 +8,7 @@ never enter the history a rule compares against.
 
 Rules follow the papers' reference code (see /work/shared/notes/papers.md):
 
-* ``layer_rotation`` and ``grad_confusion``: One Period to Rule Them All (arXiv 2506.15954);
+* ``layer_rotation`` and ``grad_cosine_distance``: One Period to Rule Them All (arXiv 2506.15954);
 * ``fisher_peak``: Critical Learning Periods (Achille et al. 2019), the Fisher trace rises, peaks, then falls;
 * ``acc50``: Enlightenment Period v2 (arXiv 2504.01737), the period lasts until training accuracy reaches ~50 %.
 """
@@ -61,11 +61,16 @@ def layer_rotation(series: Sequence[float], budget: int, *, window: int = 5, max
     return None
 
 
-def grad_confusion(series: Sequence[float], budget: int, *, min_history: int = 4, whisker: float = 1.5) -> int | None:
-    """The period ends at the first low outlier: a value below Q1 - 1.5 IQR of all earlier values.
+def grad_cosine_distance(
+    series: Sequence[float], budget: int, *, min_history: int = 4, whisker: float = 1.5
+) -> int | None:
+    """One Period's "gradient confusion" detector: the period ends at the first low outlier of the series, a value
+    below Q1 - 1.5 IQR of all earlier values.
 
-    Gradient confusion stays high while the network is still sorting out conflicting samples; a sudden drop marks the
-    end of that phase. Needs ``min_history`` earlier values. ``budget`` is unused (kept for the common signature).
+    The series is the min cosine distance between probe minibatch gradients (the ``grad_cosine_distance`` statistic,
+    as One Period's reference code computes it): a sudden drop means some pair of minibatch gradients suddenly aligns
+    more closely than ever before. Needs ``min_history`` earlier values. ``budget`` is unused (kept for the common
+    signature).
     """
     history: list[float] = []  # kept sorted
     for epoch, value in _finite(series):
@@ -101,13 +106,13 @@ def acc50(series: Sequence[float], budget: int, *, threshold: float = 0.5) -> in
 
 DETECTORS: dict[str, Detector] = {
     "layer_rotation": layer_rotation,
-    "grad_confusion": grad_confusion,
+    "grad_cosine_distance": grad_cosine_distance,
     "fisher_peak": fisher_peak,
     "acc50": acc50,
 }
 DETECTOR_INPUT: dict[str, str] = {
     "layer_rotation": "layer_rotation",
-    "grad_confusion": "grad_confusion",
+    "grad_cosine_distance": "grad_cosine_distance",
     "fisher_peak": "fisher_trace",
     "acc50": "train_acc",
 }

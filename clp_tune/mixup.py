@@ -17,7 +17,10 @@ from clp_tune.model import BlockNet, MixPoint
 def draw_mix_point(
     model: BlockNet, batch_size: int, alpha: float, kind: str, rng: np.random.Generator, generator: torch.Generator
 ) -> MixPoint:
-    """Sample lambda ~ Beta(alpha, alpha), a permutation, and the layer to mix at (0 for Input Mixup)."""
+    """Sample lambda ~ Beta(alpha, alpha), a permutation, and the layer to mix at (0 for Input Mixup).
+
+    ``generator`` must be Mixup's own (not the data-order one): otherwise every mixed minibatch would shift the data
+    order of all later epochs, and trials differing only in their Mixup window would not see the same data."""
     lam = float(rng.beta(alpha, alpha))
     layer = 0 if kind == "input" else int(rng.integers(0, model.num_mix_layers))
     permutation = torch.randperm(batch_size, generator=generator).to(next(model.parameters()).device)

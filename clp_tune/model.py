@@ -5,6 +5,10 @@ Every model is a :class:`BlockNet`, so the rest of the package can treat them al
 * Manifold Mixup mixes the hidden state that enters block ``k`` (``k = 0`` is Input Mixup);
 * trajectory statistics read the penultimate activations through :meth:`BlockNet.features`;
 * denoising-autoencoder pretraining reaches the MLP's dense layers through ``blocks[k].linear``.
+
+Dropout rule: every model applies exactly one ``Dropout(p)`` to the penultimate features, BlockNet's own, just before
+the head, so ``dropout`` means the same rate for every model. No block may end in dropout: two in a row would drop
+at rate ``1 - (1 - p)^2``. The MLP also drops after each hidden layer except the last, whose dropout is BlockNet's.
 """
 
 from __future__ import annotations
@@ -57,7 +61,9 @@ class BlockNet(nn.Module):
 
 
 class DenseBlock(nn.Module):
-    """Linear -> ReLU -> dropout; ``linear`` is exposed for autoencoder pretraining."""
+    """Linear -> ReLU -> dropout; ``linear`` is exposed for autoencoder pretraining.
+
+    The MLP's last block gets ``dropout = 0``: BlockNet's dropout follows it (see the module docstring)."""
 
     def __init__(self, in_features: int, out_features: int, dropout: float):
         super().__init__()
@@ -87,7 +93,8 @@ def _mlp(
     input_shape: tuple[int, ...], num_classes: int, dropout: float, hidden: tuple[int, ...] = (256, 128)
 ) -> BlockNet:
     sizes = [int(torch.tensor(input_shape).prod()), *hidden]
-    blocks = [DenseBlock(sizes[i], sizes[i + 1], dropout) for i in range(len(hidden))]
+    last = len(hidden) - 1
+    blocks = [DenseBlock(sizes[i], sizes[i + 1], dropout if i < last else 0.0) for i in range(len(hidden))]
     return BlockNet(blocks, sizes[-1], num_classes, dropout)
 
 
@@ -100,11 +107,7 @@ def _convnet(input_shape: tuple[int, ...], num_classes: int, dropout: float, wid
             nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
         )
 
-    blocks = [
-        stage(channels, width),
-        stage(width, 2 * width),
-        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Dropout(dropout)),
-    ]
+    blocks = [stage(channels, width), stage(width, 2 * width), nn.AdaptiveAvgPool2d(1)]
     return BlockNet(blocks, 2 * width, num_classes, dropout)
 
 

@@ -37,7 +37,7 @@ One row per (trial, epoch): trial_id (str), epoch (int, 1..T), val_acc (required
 train_loss, lr, statistic columns and config/<key> columns. Budget T = config/epochs if present, else max epoch."""
 
 STATISTIC_COLUMNS = (
-    "grad_norm", "grad_noise", "grad_noise_ratio", "grad_confusion", "layer_rotation", "weight_distance",
+    "grad_norm", "grad_noise", "grad_noise_ratio", "grad_cosine_distance", "layer_rotation", "weight_distance",
     "path_length", "fisher_trace", "activation_distance", "tse", "trajectory_complexity",
 )  # fmt: skip
 CURVE_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "lr")

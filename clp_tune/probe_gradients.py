@@ -1,6 +1,6 @@
-"""Per-sample and per-minibatch gradients of a probe loss, for the Fisher trace and gradient confusion.
+"""Per-sample and per-minibatch gradients of a probe loss, for the Fisher trace and the gradient cosine distance.
 
-Both gradient statistics need per-sample (Fisher) or per-minibatch (confusion) gradients of the probe loss.
+Both gradient statistics need per-sample (Fisher) or per-minibatch (cosine distance) gradients of the probe loss.
 torch.func gets them for any model, but on CPU its per-sample convolution gradients run as grouped convolutions:
 the Fisher trace alone cost about a fifth of a quickstart CNN epoch that way. For the layers our models are built from
 (Linear, Conv1d/2d, BatchNorm in eval mode) the gradient of one sample is a product of the layer's input and its
@@ -145,34 +145,35 @@ def _minibatch_gradients(layer: nn.Module, a: Tensor, delta: Tensor, k: int) -> 
 def factored_statistics(
     capture: LayerCapture, logits: Tensor, y: Tensor, labels: Tensor, k: int, b: int, wanted: Collection[str]
 ) -> dict[str, Tensor]:
-    """Fisher trace (per-sample gradients, sampled labels) and gradient confusion (k minibatches of b, true labels)."""
-    fisher, confusion = "fisher_trace" in wanted, "grad_confusion" in wanted and k >= 2
+    """Fisher trace (per-sample gradients, sampled labels) and gradient cosine distance (k minibatches of b, true
+    labels)."""
+    fisher, distance = "fisher_trace" in wanted, "grad_cosine_distance" in wanted and k >= 2
     layers = list(capture.outputs)
     outputs = [capture.outputs[layer] for layer in layers]
     n = k * b
     # Summed losses, so that each sample's output gradient is its own (eval mode: samples do not interact).
-    fisher_deltas = confusion_deltas = [None] * len(layers)
+    fisher_deltas = distance_deltas = [None] * len(layers)
     if fisher:
         loss = F.cross_entropy(logits, labels, reduction="sum")
         fisher_deltas = torch.autograd.grad(loss, outputs, retain_graph=True, allow_unused=True)
-    if confusion:
+    if distance:
         loss = F.cross_entropy(logits[:n], y[:n], reduction="sum") / b  # the sum of the k minibatch mean losses
-        confusion_deltas = torch.autograd.grad(loss, outputs, allow_unused=True)
+        distance_deltas = torch.autograd.grad(loss, outputs, allow_unused=True)
     norms = torch.zeros(len(labels), device=logits.device, dtype=logits.dtype)
     grads: list[Tensor] = []
-    for layer, fisher_delta, confusion_delta in zip(layers, fisher_deltas, confusion_deltas, strict=True):
+    for layer, fisher_delta, distance_delta in zip(layers, fisher_deltas, distance_deltas, strict=True):
         a = _input_factor(layer, capture.inputs[layer])  # one layer's im2col patches at a time: bounded memory
         if fisher_delta is not None:
             norms += _sample_square_norms(layer, a, fisher_delta)
-        if confusion_delta is not None:
-            grads += _minibatch_gradients(layer, a[:n], confusion_delta[:n], k)
+        if distance_delta is not None:
+            grads += _minibatch_gradients(layer, a[:n], distance_delta[:n], k)
     values: dict[str, Tensor] = {}
     if fisher:
         values["fisher_trace"] = norms.mean()
-    if confusion:
-        values["grad_confusion"] = _max_pairwise_cosine(torch.cat(grads, dim=1))
-    elif "grad_confusion" in wanted:  # fewer than two probe minibatches
-        values["grad_confusion"] = torch.full((), math.nan, device=logits.device)
+    if distance:
+        values["grad_cosine_distance"] = _min_cosine_distance(torch.cat(grads, dim=1))
+    elif "grad_cosine_distance" in wanted:  # fewer than two probe minibatches
+        values["grad_cosine_distance"] = torch.full((), math.nan, device=logits.device)
     return values
 
 
@@ -197,17 +198,21 @@ def functional_statistics(
         per_sample = vmap(sample_square_norm, in_dims=(None, 0, 0), chunk_size=chunk if chunk < len(x) else None)
         norms = per_sample(params, x, labels)
         values["fisher_trace"] = norms.mean()
-    if "grad_confusion" in wanted:
+    if "grad_cosine_distance" in wanted:
         if k < 2:
-            return values | {"grad_confusion": torch.full((), math.nan, device=x.device)}
+            return values | {"grad_cosine_distance": torch.full((), math.nan, device=x.device)}
         xb, yb = x[: k * b].reshape(k, b, *x.shape[1:]), y[: k * b].reshape(k, b)
         grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, xb, yb)
-        values["grad_confusion"] = _max_pairwise_cosine(torch.cat([g.reshape(k, -1) for g in grads.values()], dim=1))
+        flat = torch.cat([g.reshape(k, -1) for g in grads.values()], dim=1)
+        values["grad_cosine_distance"] = _min_cosine_distance(flat)
     return values
 
 
-def _max_pairwise_cosine(grads: Tensor) -> Tensor:
-    """Max cosine similarity over pairs of rows of (k, P) ``grads``."""
+def _min_cosine_distance(grads: Tensor) -> Tensor:
+    """Min cosine distance ``1 - cos`` over pairs of rows of (k, P) ``grads``, i.e. 1 - the max cosine similarity.
+
+    What One Period to Rule Them All's reference code (``metrics/GradientConfusion.py``) computes over minibatch
+    gradients and calls "gradient confusion"; it is not Sankararaman et al.'s (2020) quantity of that name."""
     unit = F.normalize(grads, dim=1)
     rows, cols = torch.triu_indices(len(grads), len(grads), offset=1, device=grads.device)
-    return (unit @ unit.T)[rows, cols].max()
+    return 1.0 - (unit @ unit.T)[rows, cols].max()

@@ -4,7 +4,8 @@ The statistics describe *how* a trial moves, not only where it is, so the critic
 final-accuracy predictor can judge a trial early:
 
 * ``grad_norm``, ``grad_noise``, ``grad_noise_ratio``: size and minibatch noise of the training gradients;
-* ``grad_confusion``: max pairwise cosine similarity of fixed probe minibatches' gradients (Sankararaman et al. 2020);
+* ``grad_cosine_distance``: min pairwise cosine distance (1 - max cosine similarity) of fixed probe minibatches'
+  gradients, what One Period to Rule Them All's reference code calls gradient confusion (arXiv 2506.15954);
 * ``layer_rotation``: mean cosine distance of each weight layer from its initial value (Carbonnelle et al. 2019);
 * ``weight_distance``, ``path_length``: how far the weights went from the start, and along which path length;
 * ``fisher_trace``: trace of the Fisher information with labels sampled from the model (Achille et al. 2019);
@@ -36,7 +37,7 @@ from clp_tune.probe_gradients import LayerCapture, factorable, factored_statisti
 STATISTIC_GROUPS = (
     "grad_norm",
     "grad_noise",
-    "grad_confusion",
+    "grad_cosine_distance",
     "layer_rotation",
     "weight_distance",
     "fisher_trace",
@@ -47,7 +48,7 @@ STATISTIC_GROUPS = (
 GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "grad_norm": ("grad_norm",),
     "grad_noise": ("grad_noise", "grad_noise_ratio"),
-    "grad_confusion": ("grad_confusion",),
+    "grad_cosine_distance": ("grad_cosine_distance",),
     "layer_rotation": ("layer_rotation",),
     "weight_distance": ("weight_distance", "path_length"),
     "fisher_trace": ("fisher_trace",),
@@ -82,7 +83,8 @@ class TrajectoryStatistics:
         seed: seeds the Fisher-label uniforms, so a trial's statistics are reproducible.
         probe_size: how many probe samples the probe statistics use. Their per-sample work is most of the statistics'
             cost (about 5 % of a quickstart epoch at 64 samples on one CPU thread, and linear in the count).
-        probe_batches: the probe set is split, in order, into this many fixed minibatches for ``grad_confusion``.
+        probe_batches: the probe set is split, in order, into this many fixed minibatches for
+            ``grad_cosine_distance``.
     """
 
     def __init__(
@@ -172,7 +174,7 @@ class TrajectoryStatistics:
                 values["path_length"] = step_length  # this epoch's step; replaced by the running sum below
             self._w_prev = w
 
-        if self.enabled & {"grad_confusion", "fisher_trace", "activation_distance"}:
+        if self.enabled & {"grad_cosine_distance", "fisher_trace", "activation_distance"}:
             values.update(self._probe_statistics(model))
 
         columns = list(values)
@@ -210,9 +212,9 @@ class TrajectoryStatistics:
         return values
 
     def _probe_statistics(self, model: BlockNet) -> dict[str, Tensor]:
-        """Gradient confusion, Fisher trace and activation distance on the fixed probe set, in eval mode."""
+        """Gradient cosine distance, Fisher trace and activation distance on the fixed probe set, in eval mode."""
         values: dict[str, Tensor] = {}
-        gradients = self.enabled & {"grad_confusion", "fisher_trace"}
+        gradients = self.enabled & {"grad_cosine_distance", "fisher_trace"}
         was_training = model.training
         model.eval()
         try:

@@ -113,8 +113,11 @@ def run_trial(config: dict[str, Any], report: Report, state: dict[str, Any] | No
     steps_per_epoch = len(y_train) // batch_size
     optimizer = _optimizer(model, config)
     schedule = _schedule(optimizer, config["lr_schedule"], budget * steps_per_epoch)
+    # Separate streams: the data order must not depend on how many Mixup permutations were drawn, or two trials
+    # differing only in their Mixup window would also see different data after it.
     order_generator = torch.Generator().manual_seed(seed + 2)
     mix_rng = np.random.default_rng(seed + 3)
+    mix_generator = torch.Generator().manual_seed(seed + 4)
     history: dict[str, list[float]] = {column: [] for column in set(DETECTOR_INPUT.values())}
     start_epoch = 1
 
@@ -125,6 +128,7 @@ def run_trial(config: dict[str, Any], report: Report, state: dict[str, Any] | No
         statistics.load_state_dict(state["statistics"])
         early.load_state_dict(state["early"])
         order_generator.set_state(state["order_generator"])
+        mix_generator.set_state(state["mix_generator"])
         mix_rng.bit_generator.state = state["mix_rng"]
         history, fixed_columns = state["history"], state["fixed_columns"]
         start_epoch = state["epoch"] + 1
@@ -142,7 +146,7 @@ def run_trial(config: dict[str, Any], report: Report, state: dict[str, Any] | No
             index = order[start : start + batch_size]
             x, y = splits.x_train[index], y_train[index]
             mix = (
-                draw_mix_point(model, len(y), alpha, config["mixup_kind"], mix_rng, order_generator)
+                draw_mix_point(model, len(y), alpha, config["mixup_kind"], mix_rng, mix_generator)
                 if alpha > 0
                 else None
             )
@@ -189,7 +193,8 @@ def run_trial(config: dict[str, Any], report: Report, state: dict[str, Any] | No
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "statistics": statistics.state_dict(),
                 "early": early.state_dict(), "order_generator": order_generator.get_state(),
-                "mix_rng": mix_rng.bit_generator.state, "history": history, "fixed_columns": fixed_columns,
+                "mix_rng": mix_rng.bit_generator.state, "mix_generator": mix_generator.get_state(),
+                "history": history, "fixed_columns": fixed_columns,
             },
         )  # fmt: skip
 

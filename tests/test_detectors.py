@@ -15,7 +15,7 @@ from clp_tune.detectors import (
     acc50,
     detect_all,
     fisher_peak,
-    grad_confusion,
+    grad_cosine_distance,
     layer_rotation,
 )
 
@@ -71,37 +71,37 @@ def test_layer_rotation_skips_nan():
     assert_online(layer_rotation, series, 10)
 
 
-# ------------------------------------------------------------------ gradient confusion
+# ------------------------------------------------------------------ gradient cosine distance
 
 
-def test_grad_confusion_fires_on_the_first_low_outlier():
+def test_grad_cosine_distance_fires_on_the_first_low_outlier():
     series = [0.50, 0.52, 0.49, 0.51, 0.50, 0.30, 0.10]
     # at epoch 6 the history is the five earlier values: Q1 0.50, Q3 0.51 -> fence 0.485; 0.30 is below
-    assert grad_confusion(series, 50) == 6
-    assert_online(grad_confusion, series, 50)
+    assert grad_cosine_distance(series, 50) == 6
+    assert_online(grad_cosine_distance, series, 50)
 
 
-def test_grad_confusion_needs_four_earlier_values():
-    assert grad_confusion([0.5, 0.5, 0.5, 0.0], 10) is None  # only three earlier values
-    assert grad_confusion([0.5, 0.5, 0.5, 0.5, 0.0], 10) == 5
+def test_grad_cosine_distance_needs_four_earlier_values():
+    assert grad_cosine_distance([0.5, 0.5, 0.5, 0.0], 10) is None  # only three earlier values
+    assert grad_cosine_distance([0.5, 0.5, 0.5, 0.5, 0.0], 10) == 5
 
 
-def test_grad_confusion_ignores_high_outliers_and_noise_within_the_fence():
+def test_grad_cosine_distance_ignores_high_outliers_and_noise_within_the_fence():
     series = [0.5, 0.6, 0.4, 0.55, 0.9, 0.45, 0.5, 0.42]
-    assert grad_confusion(series, 10) is None
+    assert grad_cosine_distance(series, 10) is None
 
 
-def test_grad_confusion_uses_numpy_percentiles():
+def test_grad_cosine_distance_uses_numpy_percentiles():
     rng = random.Random(0)
     values = sorted(rng.random() for _ in range(11))
     for q in (0, 25, 50, 75, 100):
         assert _percentile(values, q) == pytest.approx(np.percentile(values, q))
 
 
-def test_grad_confusion_nan_is_neither_a_fire_nor_history():
+def test_grad_cosine_distance_nan_is_neither_a_fire_nor_history():
     series = [0.5, NAN, 0.5, 0.5, NAN, 0.5, NAN, 0.0]
-    assert grad_confusion(series, 10) == 8
-    assert_online(grad_confusion, series, 10)
+    assert grad_cosine_distance(series, 10) == 8
+    assert_online(grad_cosine_distance, series, 10)
 
 
 # ------------------------------------------------------------------ Fisher peak
@@ -142,10 +142,10 @@ def test_acc50_fires_at_the_first_epoch_reaching_the_threshold():
 
 
 def test_registry_and_inputs_match():
-    assert set(DETECTORS) == {"layer_rotation", "grad_confusion", "fisher_peak", "acc50"}
+    assert set(DETECTORS) == {"layer_rotation", "grad_cosine_distance", "fisher_peak", "acc50"}
     assert DETECTOR_INPUT == {
         "layer_rotation": "layer_rotation",
-        "grad_confusion": "grad_confusion",
+        "grad_cosine_distance": "grad_cosine_distance",
         "fisher_peak": "fisher_trace",
         "acc50": "train_acc",
     }

@@ -19,9 +19,9 @@ SEED = 3
 
 
 def tiny(seed: int = 0, dropout: float = 0.0, dtype: torch.dtype = torch.float64) -> BlockNet:
-    """One dense block (4 -> 3) and a 3 -> 2 head: two weight layers, two biases."""
+    """One dense block (4 -> 3) and a 3 -> 2 head: two weight layers, two biases; one dropout, before the head."""
     torch.manual_seed(seed)
-    return BlockNet([DenseBlock(4, 3, dropout)], 3, 2, dropout).to(dtype)
+    return BlockNet([DenseBlock(4, 3, 0.0)], 3, 2, dropout).to(dtype)
 
 
 def probe(n: int = 8, features: int = 4, classes: int = 2, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,17 +239,21 @@ def test_sampled_labels_follow_the_inverse_cdf():
     assert labels.tolist() == [0, 1, 2, 2]
 
 
-def test_gradient_confusion_of_identical_batches_is_one():
+def test_gradient_cosine_distance_of_identical_batches_is_zero():
+    """The min over pairs: one identical pair among otherwise different minibatches gives distance 0."""
     model = tiny()
     x, y = probe(4)
     twice = TrajectoryStatistics(
-        model, torch.cat([x, x]), torch.cat([y, y]), ["grad_confusion"], 2, SEED, probe_batches=2
+        model, torch.cat([x, x]), torch.cat([y, y]), ["grad_cosine_distance"], 2, SEED, probe_batches=2
     )
-    assert twice.end_epoch(model, 0.0)["grad_confusion"] == pytest.approx(1.0)
+    assert twice.end_epoch(model, 0.0)["grad_cosine_distance"] == pytest.approx(0.0, abs=1e-12)
     x4, y4 = probe(16, seed=5)  # four batches of four, the third a copy of the first
     x4[8:12], y4[8:12] = x4[:4], y4[:4]
-    stats = TrajectoryStatistics(model, x4, y4, ["grad_confusion"], 2, SEED, probe_batches=4)
-    assert stats.end_epoch(model, 0.0)["grad_confusion"] == pytest.approx(1.0)
+    stats = TrajectoryStatistics(model, x4, y4, ["grad_cosine_distance"], 2, SEED, probe_batches=4)
+    assert stats.end_epoch(model, 0.0)["grad_cosine_distance"] == pytest.approx(0.0, abs=1e-12)
+    x4[8:12], y4[8:12] = probe(4, seed=6)  # no identical pair left: a positive distance
+    stats = TrajectoryStatistics(model, x4, y4, ["grad_cosine_distance"], 2, SEED, probe_batches=4)
+    assert 0.0 < stats.end_epoch(model, 0.0)["grad_cosine_distance"] <= 2.0
 
 
 def test_activation_distance_starts_from_the_initial_activations():
@@ -268,7 +272,7 @@ def test_activation_distance_starts_from_the_initial_activations():
 
 
 def reference_probe_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: int):
-    """Fisher trace and gradient confusion with one plain autograd pass per sample / per minibatch."""
+    """Fisher trace and gradient cosine distance with one plain autograd pass per sample / per minibatch."""
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():
@@ -282,9 +286,9 @@ def reference_probe_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tenso
         flat(torch.autograd.grad(F.cross_entropy(model(x[s : s + size]), y[s : s + size]), params))
         for s in range(0, batches * size, size)
     ]
-    confusion = max(F.cosine_similarity(a, b, dim=0) for a, b in itertools.combinations(grads, 2))
+    distance = min(1 - F.cosine_similarity(a, b, dim=0) for a, b in itertools.combinations(grads, 2))
     model.train()
-    return fisher.item(), confusion.item()
+    return fisher.item(), distance.item()
 
 
 class LayerNormBlock(nn.Module):
@@ -300,7 +304,7 @@ class LayerNormBlock(nn.Module):
 
 
 def layer_norm_model() -> BlockNet:
-    return BlockNet([LayerNormBlock(40), DenseBlock(40, 16, 0.2)], 16, 10, 0.2)
+    return BlockNet([LayerNormBlock(40), DenseBlock(40, 16, 0.0)], 16, 10, 0.2)
 
 
 @pytest.mark.parametrize(
@@ -315,11 +319,11 @@ def test_probe_gradient_statistics_match_plain_autograd_on_every_model(name, sha
     model.train()
     with torch.no_grad():  # move the BatchNorm running statistics away from (0, 1)
         model(torch.randn(16, *shape) * 2 + 0.5)
-    stats = TrajectoryStatistics(model, x, y, ["fisher_trace", "grad_confusion"], 10, SEED, probe_batches=batches)
+    stats = TrajectoryStatistics(model, x, y, ["fisher_trace", "grad_cosine_distance"], 10, SEED, probe_batches=batches)
     row = stats.end_epoch(model, 0.0)
-    fisher, confusion = reference_probe_statistics(model, x, y, batches)
+    fisher, distance = reference_probe_statistics(model, x, y, batches)
     assert row["fisher_trace"] == pytest.approx(fisher, rel=1e-3)
-    assert row["grad_confusion"] == pytest.approx(confusion, rel=1e-3, abs=1e-4)
+    assert row["grad_cosine_distance"] == pytest.approx(distance, rel=1e-3, abs=1e-4)
     assert model.training
 
 
@@ -338,23 +342,23 @@ def test_a_layer_used_twice_falls_back_to_torch_func():
     torch.manual_seed(0)
     model = BlockNet([TwiceBlock(6)], 6, 3, 0.0).double()
     x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
-    stats = TrajectoryStatistics(model, x, y, ["fisher_trace", "grad_confusion"], 3, SEED, probe_batches=4)
+    stats = TrajectoryStatistics(model, x, y, ["fisher_trace", "grad_cosine_distance"], 3, SEED, probe_batches=4)
     for _ in range(2):  # the second epoch runs the fallback from the start
         row = stats.end_epoch(model, 0.0)
-        fisher, confusion = reference_probe_statistics(model, x, y, batches=4)
+        fisher, distance = reference_probe_statistics(model, x, y, batches=4)
         assert row["fisher_trace"] == pytest.approx(fisher, rel=1e-9)
-        assert row["grad_confusion"] == pytest.approx(confusion, rel=1e-9)
+        assert row["grad_cosine_distance"] == pytest.approx(distance, rel=1e-9)
 
 
 def test_frozen_parameters_are_left_out_of_the_probe_gradients():
     model = tiny()
     model.blocks[0].linear.weight.requires_grad_(False)  # as after stacked pretraining
     x, y = probe()
-    stats = TrajectoryStatistics(model, x, y, ["fisher_trace", "grad_confusion"], 2, SEED, probe_batches=2)
+    stats = TrajectoryStatistics(model, x, y, ["fisher_trace", "grad_cosine_distance"], 2, SEED, probe_batches=2)
     row = stats.end_epoch(model, 0.0)
-    fisher, confusion = reference_probe_statistics(model, x, y, batches=2)
+    fisher, distance = reference_probe_statistics(model, x, y, batches=2)
     assert row["fisher_trace"] == pytest.approx(fisher, rel=1e-9)
-    assert row["grad_confusion"] == pytest.approx(confusion, rel=1e-9)
+    assert row["grad_cosine_distance"] == pytest.approx(distance, rel=1e-9)
 
 
 # ------------------------------------------------------------------ checkpointing

@@ -1,5 +1,6 @@
-"""The training recipe itself, run directly on tiny real data (no Ray): loss falls, Mixup obeys its window,
-divergence ends the trial cleanly, and a checkpointed trial resumes exactly where it stopped."""
+"""The training recipe itself, run directly on tiny real data (no Ray): every model drops its features once, loss
+falls, Mixup obeys its window without shifting the data order, divergence ends the trial cleanly, and a checkpointed
+trial resumes exactly where it stopped."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import math
 from typing import Any
 
 import pytest
+import torch
 from conftest import tiny_spec
+from torch import nn
 
 import clp_tune.trainable as trainable
 from clp_tune.data import load_dataset
+from clp_tune.mixup import forward_and_loss
+from clp_tune.model import MixPoint, build_model
 from clp_tune.spec import parse_spec
 
 
@@ -31,6 +36,39 @@ def train(cfg: dict[str, Any], splits, state=None) -> tuple[list[dict], list[dic
     trainable.run_trial(cfg, lambda row, st: (rows.append(row), states.append(copy.deepcopy(st))), state=state,
                         splits=splits)  # fmt: skip
     return rows, states
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "batch"), [("cnn1d", (40,), 256), ("mlp", (40,), 256), ("convnet", (1, 8, 8), 256),
+                                 ("resnet18", (3, 8, 8), 64)],
+)  # fmt: skip
+def test_every_model_drops_the_head_input_once_at_rate_p(name: str, shape: tuple[int, ...], batch: int) -> None:
+    """Between the body's last trainable layer and the head exactly one Dropout(p) acts, so the head sees rate p."""
+    p = 0.5
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10, dropout=p).train()
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []  # leaf modules in the order they ran
+
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if not list(module.children()):
+            calls.append((module, args[0].detach().clone(), output.detach().clone()))
+
+    handle = nn.modules.module.register_module_forward_hook(record)
+    try:
+        with torch.no_grad():
+            model(torch.randn(batch, *shape))
+    finally:
+        handle.remove()
+    head = next(i for i, (module, _, _) in enumerate(calls) if module is model.head)
+    last_trainable = max(i for i, (module, _, _) in enumerate(calls[:head]) if list(module.parameters(False)))
+    dropouts = [c for c in calls[last_trainable + 1 : head] if isinstance(c[0], nn.Dropout) and c[0].p > 0]
+    before = dropouts[0][1].flatten(1)  # the features before any of these dropouts
+    head_input = calls[head][1]
+    live = before != 0
+    assert (head_input[live] == 0).float().mean().item() == pytest.approx(p, abs=0.05)
+    kept = live & (head_input != 0)
+    torch.testing.assert_close(head_input[kept], before[kept] / (1 - p))  # rescaled once, not twice
+    assert len(dropouts) == 1
 
 
 def test_loss_falls_and_rows_have_the_reported_keys(digits) -> None:
@@ -66,6 +104,54 @@ def test_mixup_is_off_inside_the_window_and_on_after(digits, monkeypatch) -> Non
     assert all(not any(batches) for batches in per_epoch[:2]), "Mixup must be off in epochs 1-2"
     assert all(all(batches) and batches for batches in per_epoch[2:]), "Mixup must be on from epoch 3"
     assert [r["mixup_alpha_used"] for r in rows] == [0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+Batches = list[list[tuple[torch.Tensor, MixPoint | None]]]
+
+
+def train_recording_batches(cfg: dict[str, Any], splits, monkeypatch: pytest.MonkeyPatch,
+                            state=None) -> tuple[Batches, list[dict]]:  # fmt: skip
+    """Train, recording each epoch's minibatches as (inputs, mix point): the data order as the model sees it."""
+    batches: Batches = [[]]
+    states: list[dict] = []
+
+    def spy(model, x, y, mix):
+        batches[-1].append((x.clone(), mix))
+        return forward_and_loss(model, x, y, mix)
+
+    def report(row, trial_state):
+        states.append(copy.deepcopy(trial_state))
+        batches.append([])
+
+    monkeypatch.setattr(trainable, "forward_and_loss", spy)
+    trainable.run_trial(cfg, report, state=state, splits=splits)
+    return batches[:-1], states
+
+
+def assert_same_batches(a: Batches, b: Batches) -> None:
+    assert len(a) == len(b)
+    for epoch, (first, second) in enumerate(zip(a, b, strict=True), 1):
+        assert len(first) == len(second), f"epoch {epoch}"
+        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(first, second, strict=True)), f"epoch {epoch}"
+
+
+def test_the_mixup_window_leaves_the_data_order_alone(digits, monkeypatch) -> None:
+    """Same seed, different Mixup-off windows: the headline comparison needs the same data in every epoch."""
+    always, _ = train_recording_batches(config(mixup_alpha=0.4, mixup_off=0, epochs=4), digits, monkeypatch)
+    paused, _ = train_recording_batches(config(mixup_alpha=0.4, mixup_off=2, epochs=4), digits, monkeypatch)
+    assert all(mix is not None for epoch in always for _, mix in epoch)
+    assert all((mix is None) == (epoch < 2) for epoch, batches in enumerate(paused) for _, mix in batches)
+    assert_same_batches(always, paused)
+
+
+def test_a_resumed_trial_repeats_the_batches_and_mix_draws(digits, monkeypatch) -> None:
+    cfg = config(mixup_alpha=0.4, mixup_kind="manifold", mixup_off=1, epochs=4)
+    full, states = train_recording_batches(cfg, digits, monkeypatch)
+    resumed, _ = train_recording_batches(cfg, digits, monkeypatch, state=states[1])  # as if killed after epoch 2
+    assert_same_batches(full[2:], resumed)
+    for first, second in zip(full[2:], resumed, strict=True):
+        for (_, a), (_, b) in zip(first, second, strict=True):
+            assert (a.layer, a.lam) == (b.layer, b.lam) and torch.equal(a.permutation, b.permutation)
 
 
 def test_manifold_mixup_and_fraction_window(digits) -> None:
