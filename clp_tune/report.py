@@ -13,6 +13,7 @@ so a test can check in a browser that each one drew.
 from __future__ import annotations
 
 import html
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from scipy import stats
 #: Columns statistics.py may write, in the order the report shows them.
 STATISTIC_COLUMNS = (
     "layer_rotation",
-    "grad_confusion",
+    "grad_cosine_distance",
     "fisher_trace",
     "grad_norm",
     "grad_noise",
@@ -42,12 +43,13 @@ STATISTIC_COLUMNS = (
     "tse",
     "trajectory_complexity",
 )
-#: Detector whose critical-period end the learning curves mark when several are present.
-PREFERRED_DETECTOR = "acc50"
 #: Budget fractions at which the predictor is back-tested on finished trials.
 BACKTEST_FRACTIONS = (0.10, 0.25, 0.50)
 #: Budget fraction of the prediction compared with the actual final accuracy.
 SCATTER_FRACTION = 0.25
+#: Below this many finished trials a rank correlation or a mean error says more about chance than about the
+#: predictor (a quickstart once showed Spearman ρ = -0.39 from 4), so the back-test and calibration show none.
+MIN_TRIALS_FOR_BACKTEST = 5
 #: Below this many finished trials parameter importances are noise, so the report does not show them.
 MIN_TRIALS_FOR_IMPORTANCE = 5
 
@@ -107,14 +109,54 @@ class Run:
             return rows.groupby("trial_id")[column].last().reindex(self.trials["trial_id"])
         return pd.Series(np.nan, index=self.trials["trial_id"], name=column)
 
-    def cp_end_column(self) -> str | None:
-        """The critical-period column to mark: the preferred detector's, else the first one with any value."""
-        columns = sorted(
-            c for c in set(self.trials.columns) | set(self.trajectories.columns) if c.startswith("cp_end_")
-        )
-        columns = [c for c in columns if self.per_trial(c).notna().any()]
-        preferred = f"cp_end_{PREFERRED_DETECTOR}"
-        return preferred if preferred in columns else (columns[0] if columns else None)
+    def detector_marks(self) -> list[DetectorMark]:
+        """The critical-period detectors that acted on this run's trials, each with the trials it acted on.
+
+        A trajectory scheduler held every trial back until its detector fired (the spec's ``scheduler.detector``,
+        else the scheduler's own default); under another scheduler a trial whose ``mixup_off`` is
+        ``auto:<detector>`` trained without Mixup until that detector fired. Any other detector's epoch shaped
+        nothing in the run, so marking it would suggest an effect that was not there: none else is marked.
+        """
+        options = self.spec.get("scheduler")
+        options = {"type": options} if isinstance(options, str) else options if isinstance(options, dict) else {}
+        if options.get("type") == "trajectory":
+            detector, source = options.get("detector"), "set by the spec's scheduler.detector"
+            if not detector:
+                detector, source = _trajectory_default("detector"), "its default: the spec sets no scheduler.detector"
+            why = (
+                f"It is the trajectory scheduler's detector ({source}): the scheduler judged no trial before it "
+                "fired or max_fraction of the budget passed."
+            )
+            epochs = self.per_trial(f"cp_end_{detector}")
+            return [DetectorMark(detector, "trajectory scheduler's detector", why, epochs)]
+        windows = self.per_trial("config/mixup_off").dropna().astype(str)
+        detectors = windows[windows.str.startswith("auto:")].str.removeprefix("auto:")
+        return [
+            DetectorMark(
+                detector, f"mixup_off auto:{detector}: Mixup resumes",
+                f"Trials with mixup_off auto:{detector} trained without Mixup until it fired, so only they are marked.",
+                self.per_trial(f"cp_end_{detector}").reindex(ids.index),
+            )
+            for detector, ids in detectors.groupby(detectors)
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DetectorMark:
+    """A critical-period detector the report marks: its name, its role (for the legend), why it is marked (sentences
+    for the page), and the epoch it fired per trial (``trial_id`` index: the trials it acted on; NaN: never fired)."""
+
+    detector: str
+    role: str
+    why: str
+    epochs: pd.Series
+
+
+def _trajectory_default(option: str) -> object:
+    """A TrajectoryScheduler option's default, read off its signature (a spec leaves out what it keeps)."""
+    from clp_tune.scheduler import TrajectoryScheduler  # imports Ray: only for a trajectory run that needs it
+
+    return inspect.signature(TrajectoryScheduler).parameters[option].default
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -276,8 +318,9 @@ def decisions_near(decisions: pd.DataFrame, budgets: pd.Series, fraction: float)
 
 
 def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's ρ; NaN when either side is constant (a rank correlation is undefined there)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
         return np.nan
     return float(stats.spearmanr(x, y).statistic)
 
@@ -450,26 +493,31 @@ def _learning_curves(run: Run, page: _Page) -> str:
                 hovertemplate=hover,
             )  # fmt: skip
         )
-    cp_column = run.cp_end_column()
+    marks = run.detector_marks()
     notes = []
-    if cp_column is not None:
-        cp = run.per_trial(cp_column).dropna()
-        points = curves.merge(cp.rename("cp_end").reset_index(), on="trial_id")
+    for index, mark in enumerate(marks):
+        fired = mark.epochs.dropna()
+        points = curves.merge(fired.rename("cp_end").rename_axis("trial_id").reset_index(), on="trial_id")
         points = points[points["epoch"] == points["cp_end"].round()]
-        if not points.empty:
-            fig.add_trace(
-                go.Scatter(
-                    x=points["epoch"],
-                    y=points["val_acc"],
-                    text=points["trial_id"],
-                    mode="markers",
-                    name=f"critical period ends ({cp_column.removeprefix('cp_end_')})",
-                    marker={"symbol": "circle", "size": 7, "color": "#2ca02c"},
-                    hovertemplate=hover,
-                )  # fmt: skip
-            )
-    else:
-        notes.append(_note("No critical-period detector column (cp_end_*) in this run, so no period ends are marked."))
+        if points.empty:
+            notes.append(_note(f"{mark.detector} ({mark.role}) is not marked: this run records no epoch of it "
+                               f"(cp_end_{mark.detector}) for the trials it acted on."))  # fmt: skip
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=points["epoch"],
+                y=points["val_acc"],
+                text=points["trial_id"],
+                mode="markers",
+                name=f"{mark.detector} fired ({mark.role})",
+                marker={"symbol": "circle", "size": 7, "color": _TRACE_COLORS[(index + 2) % len(_TRACE_COLORS)]},
+                hovertemplate=hover,
+            )  # fmt: skip
+        )
+        notes.append(_note(f"Marked: the epoch {mark.detector} fired. {mark.why}"))
+    if not marks:
+        notes.append(_note("No critical-period detector is marked: no detector acted on these trials (the scheduler "
+                           "is not the trajectory one and no trial's mixup_off is auto:<detector>)."))  # fmt: skip
     fig.update_layout(title="Validation accuracy per epoch", xaxis_title="epoch", yaxis_title="val_acc")
     return page.section("curves", "Learning curves", page.figure(fig, 480) + "".join(notes))
 
@@ -487,12 +535,18 @@ def _scheduler(run: Run, page: _Page) -> str:
     rows = []
     for fraction in BACKTEST_FRACTIONS:
         near = decisions_near(decisions, budgets, fraction).join(finished["val_acc"], how="inner")
-        error = (near["pred_mean"] - near["val_acc"]).abs().mean() if len(near) else np.nan
-        epoch = near["epoch"].median() if len(near) else np.nan
-        rows.append((f"{fraction:.0%}", len(near), epoch, _spearman(near["pred_mean"], near["val_acc"]), error))
+        row = [f"{fraction:.0%}", len(near), near["epoch"].median()]
+        if len(near) < MIN_TRIALS_FOR_BACKTEST:
+            row += [_too_few(len(near))] * 2
+        else:
+            row += [_spearman(near["pred_mean"], near["val_acc"]), (near["pred_mean"] - near["val_acc"]).abs().mean()]
+        rows.append(row)
     parts.append(
         "<h3>Back-test on finished trials</h3>"
-        + _note("Prediction (pred_mean) from the decision row nearest each budget fraction vs the final val_acc.")
+        + _note(
+            "Prediction (pred_mean) from the decision row nearest each budget fraction vs the final val_acc; "
+            f"Spearman ρ and the error are given from {MIN_TRIALS_FOR_BACKTEST} finished trials on."
+        )
         + _table(["budget fraction", "finished trials", "median epoch used", "Spearman ρ", "mean abs. error"], rows)
     )
     return page.section("scheduler", title, "".join(parts))
@@ -501,8 +555,8 @@ def _scheduler(run: Run, page: _Page) -> str:
 def _prediction_scatter(run: Run, page: _Page, budgets: pd.Series, finished: pd.DataFrame) -> str:
     near = decisions_near(run.decisions, budgets, SCATTER_FRACTION).join(finished["val_acc"], how="inner")
     heading = f"<h3>Predicted vs actual final accuracy (prediction at {SCATTER_FRACTION:.0%} of the budget)</h3>"
-    if near.empty:
-        return heading + _note("No finished trial has a scheduler decision to compare with.")
+    if len(near) < MIN_TRIALS_FOR_BACKTEST:
+        return heading + _note(f"No calibration plot: {_too_few(len(near))} with a scheduler decision.")
     values = pd.concat([near["pred_mean"], near["val_acc"]])
     low, high = float(values.min()), float(values.max())
     fig = go.Figure(
@@ -510,13 +564,25 @@ def _prediction_scatter(run: Run, page: _Page, budgets: pd.Series, finished: pd.
             go.Scatter(x=[low, high], y=[low, high], mode="lines", name="prediction = actual",
                        line={"dash": "dash", "color": "#888"}),  # fmt: skip
             go.Scatter(x=near["val_acc"], y=near["pred_mean"], mode="markers", name="finished trial",
-                       error_y={"type": "data", "array": near["pred_std"].fillna(0).tolist(), "visible": True},
+                       error_y=_accuracy_error_bars(near["pred_mean"], near["pred_std"]),
                        text=near.index.tolist(), marker={"size": 9, "color": "#1f77b4"},
                        hovertemplate="trial %{text}<br>actual %{x:.4f}<br>predicted %{y:.4f}<extra></extra>"),
         ]
     )  # fmt: skip
-    fig.update_layout(xaxis_title="actual final val_acc", yaxis_title="predicted final val_acc (± pred_std)")
+    fig.update_layout(xaxis_title="actual final val_acc", yaxis_title="predicted final val_acc (± pred_std in [0, 1])")
     return heading + page.figure(fig, 440)
+
+
+def _too_few(count: int) -> str:
+    return f"too few finished trials ({count}; at least {MIN_TRIALS_FOR_BACKTEST} needed)"
+
+
+def _accuracy_error_bars(mean: pd.Series, std: pd.Series) -> dict:
+    """Plotly ``error_y`` for mean ± std with both ends clipped to [0, 1]: an accuracy cannot leave that range, so a
+    drawn interval must not either (asymmetric bars near the bounds)."""
+    std = std.fillna(0)
+    high, low = (mean + std).clip(upper=1), (mean - std).clip(lower=0)
+    return {"type": "data", "symmetric": False, "array": (high - mean).tolist(), "arrayminus": (mean - low).tolist()}
 
 
 def _stop_decisions(run: Run, page: _Page) -> str:
@@ -535,7 +601,7 @@ def _stop_decisions(run: Run, page: _Page) -> str:
     fig = go.Figure(
         [
             go.Scatter(x=last["trial_id"], y=last["pred_mean"], mode="markers", name="predicted final val_acc",
-                       error_y={"type": "data", "array": last["pred_std"].fillna(0).tolist(), "visible": True},
+                       error_y=_accuracy_error_bars(last["pred_mean"], last["pred_std"]),
                        marker={"size": 9, "color": "#1f77b4"}),
             go.Scatter(x=last["trial_id"], y=last["threshold"], mode="markers", name="threshold",
                        marker={"symbol": "line-ew-open", "size": 22, "line": {"width": 3}, "color": _BEST_COLOR}),
@@ -780,17 +846,16 @@ def _statistics(run: Run, page: _Page) -> str:
 
 def _trials_table(run: Run, page: _Page) -> str:
     params = key_params(run)
-    cp_column = run.cp_end_column()
+    marks = run.detector_marks()
     header = ["trial", "status", "epochs", "val_acc", "best_val_acc", "test_acc"]
-    header += [cp_column] if cp_column else []
+    header += [f"cp_end_{mark.detector}" for mark in marks]
     header += params + ["error"]
     rows = []
     trials = run.trials.sort_values("trial_id")
-    cp = run.per_trial(cp_column) if cp_column else None
     for _, trial in trials.iterrows():
         row = [trial["trial_id"], trial["status"], trial.get("epochs"), trial.get("val_acc")]
         row += [trial.get("best_val_acc"), trial.get("test_acc")]
-        row += [cp.get(trial["trial_id"])] if cp is not None else []
+        row += [mark.epochs.get(trial["trial_id"]) for mark in marks]
         row += [trial.get(f"config/{name}") for name in params]
         error = trial.get("error")
         row.append("" if error is None or pd.isna(error) else str(error)[:300])

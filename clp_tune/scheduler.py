@@ -18,6 +18,8 @@ A trial is never judged before its grace point:
   step size, which for Adam is not the configured lr, so it cannot be computed reliably from the config.
 
 Diverged trials (``diverged`` == 1, a non-finite loss, or a training loss above 3x its first value) stop at once.
+This is the one divergence rule of a trajectory-scheduled search: :func:`stopped_outcomes` hands the outcome the
+scheduler judged to the run's tables (``clp_tune.store``), which do not judge a stopped trial again.
 
 Ray Tune does not keep scheduler state across ``Tuner.restore`` (ray-project/ray issue #30838; the scheduler
 is unpickled as it was at the start), so the state is kept in ``state_dir``: a snapshot
@@ -65,6 +67,8 @@ DECISIONS_FILE = "decisions.parquet"
 SHIPPED_BANK_DATASET = "mnist1d"
 DIVERGENCE_LOSS_FACTOR = 3.0
 _STATE_VERSION = 1
+#: The statuses a decision to stop leaves a trial in (a trial that then fails turns "error", as Ray reports it).
+_STOP_OUTCOMES = ("stopped", "diverged")
 
 
 @dataclass
@@ -460,3 +464,18 @@ class TrajectoryScheduler(FIFOScheduler):
             state.status, state.grace = line["status"], line["grace"]
             state.pred_mean, state.pred_std = line["pred_mean"], line.get("pred_std")
             self._decisions.append({k: math.nan if v is None else v for k, v in line["decision"].items()})
+
+
+def stopped_outcomes(state_dir: str | Path) -> dict[str, str]:
+    """Trial id -> "stopped" or "diverged" for each trial the scheduler stopped, from the state it left in
+    ``state_dir`` (snapshot and journal; empty when there is none).
+
+    The decision is made here, on the results the scheduler saw; the run's tables take it as it is instead of
+    judging the trial again by a rule of their own, so a trial has one outcome wherever it is shown.
+    """
+    if not (Path(state_dir) / STATE_FILE).is_file():
+        return {}
+    scheduler = TrajectoryScheduler(state_dir=str(state_dir))
+    latest = scheduler.decisions_frame().groupby("trial_id").tail(1)
+    states = {trial_id: scheduler._trials[trial_id] for trial_id in latest.loc[latest["action"] == "stop", "trial_id"]}
+    return {trial_id: state.status for trial_id, state in states.items() if state.status in _STOP_OUTCOMES}

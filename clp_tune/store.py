@@ -7,6 +7,10 @@ log; this module turns a run directory into two tables that one line of pandas r
 * ``trials.parquet`` — one row per trial: its outcome (finished / stopped / diverged / error / unfinished),
   the error's reason, epochs trained, final and best validation accuracy, test accuracy, detector epochs.
 
+An outcome is taken from where it was decided: Ray's for an error, the trajectory scheduler's (its persisted
+state, :func:`clp_tune.scheduler.stopped_outcomes`) for a trial it stopped — stopped or diverged, by its own
+rule, which this module does not repeat — and the trainable's ``diverged`` flag for a trial that ended itself.
+
 After ``Tuner.restore`` a resumed trial re-reports epochs after its checkpoint; duplicates keep the last row.
 """
 
@@ -55,9 +59,12 @@ def _error_reason(trial) -> str | None:
     return lines[-1] if lines else "error"
 
 
-def _outcome(ray_status: str, rows: pd.DataFrame, budget: int) -> str:
+def _outcome(ray_status: str, rows: pd.DataFrame, budget: int, scheduler_outcome: str | None) -> str:
+    """The trial's outcome; ``scheduler_outcome`` is the trajectory scheduler's judgement of a trial it stopped."""
     if ray_status == "ERROR":
         return "error"
+    if scheduler_outcome is not None:
+        return scheduler_outcome
     if rows.empty:
         return "unfinished"
     last = rows.iloc[-1]
@@ -68,11 +75,18 @@ def _outcome(ray_status: str, rows: pd.DataFrame, budget: int) -> str:
     return "stopped" if ray_status == "TERMINATED" else "unfinished"
 
 
-def collect(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read a Ray Tune run directory into (trajectories, trials) frames."""
+def collect(run_dir: str | Path, state_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read a Ray Tune run directory into (trajectories, trials) frames.
+
+    ``state_dir`` holds the trajectory scheduler's state (default: ``run_dir``; the driver's local copy of the run
+    when the experiment lives at a URI); without one, no trial counts as stopped by that scheduler.
+    """
     from ray.tune import ExperimentAnalysis
 
+    from clp_tune.scheduler import stopped_outcomes
+
     analysis = ExperimentAnalysis(str(run_dir))
+    scheduler_outcomes = stopped_outcomes(state_dir or run_dir)
     frames, trials = [], []
     for trial in analysis.trials:
         rows = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
@@ -87,7 +101,7 @@ def collect(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         config = {f"config/{k}": v for k, v in trial.config.items()}
         budget = int(trial.config.get("epochs", 0))
         last = rows.iloc[-1] if not rows.empty else pd.Series(dtype=object)
-        status = _outcome(trial.status, rows, budget)
+        status = _outcome(trial.status, rows, budget, scheduler_outcomes.get(trial.trial_id))
         summary = {
             "trial_id": trial.trial_id,
             "status": status,
@@ -112,7 +126,7 @@ def write_store(experiment: str | Path, out_dir: str | Path | None = None) -> tu
     They are written into ``out_dir``, by default the experiment directory itself.
     """
     out_dir = Path(out_dir or experiment)
-    trajectories, trials = collect(experiment)
+    trajectories, trials = collect(experiment, out_dir)
     write_table(trajectories, out_dir / TRAJECTORIES)
     write_table(trials, out_dir / TRIALS)
     return trajectories, trials

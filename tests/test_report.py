@@ -6,6 +6,8 @@ Mixup-off window in {0, 2, 0.2} x 4 seeds, two stopped, one diverged, one errore
 
 from __future__ import annotations
 
+import inspect
+import json
 import re
 from pathlib import Path
 
@@ -15,7 +17,16 @@ import plotly.offline
 import pytest
 from scipy import stats
 
-from clp_tune.report import decisions_near, group_ci, searched_params, setting_label, write_report
+from clp_tune.report import (
+    MIN_TRIALS_FOR_BACKTEST,
+    decisions_near,
+    group_ci,
+    load_run,
+    searched_params,
+    setting_label,
+    write_report,
+)
+from clp_tune.scheduler import TrajectoryScheduler
 
 EPOCHS = 10
 SPEC_TEXT = """\
@@ -34,7 +45,7 @@ params:
   dropout: 0.1
 """
 MIXUP_EFFECT = {"0": 0.0, "2": 0.02, "0.2": -0.01}
-STATISTICS = ("grad_norm", "layer_rotation", "grad_confusion", "fisher_trace", "weight_distance")
+STATISTICS = ("grad_norm", "layer_rotation", "grad_cosine_distance", "fisher_trace", "weight_distance")
 ERROR_TEXT = 'RuntimeError: CUDA <script>alert("error")</script> out of memory'
 
 
@@ -172,7 +183,7 @@ def test_fifo_run_without_decisions_or_statistics(tmp_path: Path) -> None:
     page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
     assert "no decisions.parquet" in page
     assert "recorded no trajectory statistics" in page
-    assert "No critical-period detector column" in page
+    assert "No critical-period detector is marked" in page
     figures = page.count('<div class="clp-figure">')
     assert figures == _figure_count(page) == 5  # curves, importances, parallel coordinates, slices, mixup effect
 
@@ -288,3 +299,97 @@ def test_decisions_near_picks_the_nearest_epoch() -> None:
     near = decisions_near(decisions, budgets, 0.25)
     assert near.loc["a", "epoch"] == 5  # 25 % of 20
     assert near.loc["b", "epoch"] == 1  # 2.5 is nearer 1 than 9
+
+
+def _section(page: str, anchor: str) -> str:
+    section = page[page.index(f'<section id="{anchor}">') :]
+    return section[: section.index("</section>")]
+
+
+def test_curves_mark_the_trajectory_schedulers_detector(tmp_path: Path) -> None:
+    """The spec's scheduler.detector is marked, not acc50, though both detectors' epochs are recorded."""
+    run = write_synthetic_run(tmp_path / "run")
+    spec = (run / "spec.yaml").read_text()
+    (run / "spec.yaml").write_text(
+        spec.replace("scheduler: trajectory", "scheduler: {type: trajectory, detector: layer_rotation}")
+    )
+    (mark,) = load_run(run).detector_marks()
+    assert mark.detector == "layer_rotation"
+    assert mark.epochs.notna().sum() == 10  # every trial that reached epoch 4
+    curves = _section(write_report(run, tmp_path / "out").read_text(encoding="utf-8"), "curves")
+    assert '"name":"layer_rotation fired (trajectory scheduler' in curves and "acc50 fired" not in curves
+    assert "Marked: the epoch layer_rotation fired" in curves and "the spec&#x27;s scheduler.detector" in curves
+
+
+def test_curves_mark_the_trajectory_schedulers_default_detector(tmp_path: Path) -> None:
+    """Without scheduler.detector the scheduler's own default is marked (read off its signature, as the report does)."""
+    run = write_synthetic_run(tmp_path / "run")  # scheduler: trajectory, no detector given
+    default = inspect.signature(TrajectoryScheduler).parameters["detector"].default
+    (mark,) = load_run(run).detector_marks()
+    assert mark.detector == default
+    curves = _section(write_report(run, tmp_path / "out").read_text(encoding="utf-8"), "curves")
+    assert (
+        f"Marked: the epoch {default} fired" in curves and "its default: the spec sets no scheduler.detector" in curves
+    )
+
+
+def test_curves_mark_the_mixup_window_detector_on_its_trials_only(tmp_path: Path) -> None:
+    """Under FIFO only an auto:<detector> Mixup-off window makes a detector matter, and only for those trials; one
+    whose epochs the run did not record (no cp_end_fisher_peak column here) is named as not marked."""
+    run = write_synthetic_run(tmp_path / "run", scheduler="fifo")
+    trials = pd.read_parquet(run / "trials.parquet")
+    trials["config/mixup_off"] = trials["config/mixup_off"].astype(str)
+    trials.loc[trials["trial_id"].isin(["t00", "t01", "t02"]), "config/mixup_off"] = "auto:layer_rotation"
+    trials.loc[trials["trial_id"] == "t05", "config/mixup_off"] = "auto:fisher_peak"
+    trials.to_parquet(run / "trials.parquet")
+    fisher, rotation = load_run(run).detector_marks()
+    assert (fisher.detector, rotation.detector) == ("fisher_peak", "layer_rotation")
+    assert sorted(rotation.epochs.index) == ["t00", "t01", "t02"] and (rotation.epochs == 4.0).all()
+    assert list(fisher.epochs.index) == ["t05"] and fisher.epochs.isna().all()
+    curves = _section(write_report(run, tmp_path / "out").read_text(encoding="utf-8"), "curves")
+    assert '"name":"layer_rotation fired (mixup_off auto:layer_rotation: Mixup resumes)"' in curves
+    assert "Trials with mixup_off auto:layer_rotation trained without Mixup" in curves and "acc50" not in curves
+    assert "fisher_peak (mixup_off auto:fisher_peak: Mixup resumes) is not marked" in curves
+
+
+def _backtest_cells(page: str) -> list[list[str]]:
+    table = _section(page, "scheduler").split("Back-test on finished trials")[1]
+    table = table[: table.index("</table>")]
+    return [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in table.split("<tr>")[2:]]
+
+
+def test_backtest_and_calibration_need_enough_finished_trials(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run")
+    trials = pd.read_parquet(run / "trials.parquet")
+    finished = trials.index[trials["status"] == "finished"]
+    trials.loc[finished[MIN_TRIALS_FOR_BACKTEST - 1 :], "status"] = "stopped"
+    trials.to_parquet(run / "trials.parquet")
+    page = write_report(run, tmp_path / "few").read_text(encoding="utf-8")
+    too_few = f"too few finished trials ({MIN_TRIALS_FOR_BACKTEST - 1}; at least {MIN_TRIALS_FOR_BACKTEST} needed)"
+    rows = _backtest_cells(page)
+    assert len(rows) == 3 and all(row[3:] == [too_few, too_few] for row in rows)
+    assert f"No calibration plot: {too_few}" in page
+    assert f"given from {MIN_TRIALS_FOR_BACKTEST} finished trials on" in page
+    assert '"name":"finished trial"' not in _section(page, "scheduler")  # no calibration scatter
+
+    trials.loc[finished[MIN_TRIALS_FOR_BACKTEST - 1], "status"] = "finished"
+    trials.to_parquet(run / "trials.parquet")
+    page = write_report(run, tmp_path / "enough").read_text(encoding="utf-8")
+    for row in _backtest_cells(page):
+        assert row[1] == str(MIN_TRIALS_FOR_BACKTEST) and -1 <= float(row[3]) <= 1 and float(row[4]) >= 0
+    assert "No calibration plot" not in page and '"name":"finished trial"' in _section(page, "scheduler")
+
+
+def test_predicted_intervals_stay_within_zero_and_one(tmp_path: Path) -> None:
+    """pred_mean ± pred_std is drawn with its ends clipped to [0, 1]: asymmetric bars near the bounds."""
+    run = write_synthetic_run(tmp_path / "run")
+    decisions = pd.read_parquet(run / "decisions.parquet")
+    high = decisions["trial_id"] <= "t03"  # the calibration scatter and the stopped trials t03 and t07
+    decisions["pred_mean"], decisions["pred_std"] = np.where(high, 0.95, 0.1), 0.2
+    decisions.to_parquet(run / "decisions.parquet")
+    section = _section(write_report(run, tmp_path / "out").read_text(encoding="utf-8"), "scheduler")
+    bars = [json.loads(match) for match in re.findall(r'"error_y":(\{"array"[^{}]*\})', section)]
+    assert len(bars) == 2  # calibration scatter, stopped trials
+    ends = [(up, down) for bar in bars for up, down in zip(bar["array"], bar["arrayminus"], strict=True)]
+    assert all(bar["symmetric"] is False for bar in bars)
+    assert {(round(up, 6), round(down, 6)) for up, down in ends} == {(0.05, 0.2), (0.2, 0.1)}

@@ -1,19 +1,31 @@
-"""TrajectoryScheduler decisions on hand-made trajectories, driven through its Ray hooks with a fake trial."""
+"""TrajectoryScheduler decisions on hand-made trajectories, driven through its Ray hooks with a fake trial, and the
+outcomes it hands to the run's tables (also on a real search)."""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import pickle
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import tiny_spec
 from ray.tune.schedulers import TrialScheduler
 from test_predictor import synthetic_bank
 
 from clp_tune.predictor import FinalAccuracyPredictor
-from clp_tune.scheduler import DECISIONS_FILE, JOURNAL_FILE, SHIPPED_BANK, STATE_FILE, TrajectoryScheduler
+from clp_tune.scheduler import (
+    DECISIONS_FILE,
+    JOURNAL_FILE,
+    SHIPPED_BANK,
+    STATE_FILE,
+    TrajectoryScheduler,
+    stopped_outcomes,
+)
+from clp_tune.search import run_search
+from clp_tune.spec import parse_spec
 
 BUDGET = 20
 
@@ -134,6 +146,48 @@ def test_diverged_trials_stop_at_once(fitted_predictor) -> None:
     reasons = scheduler.decisions_frame().set_index("trial_id")["reason"]
     assert all(reasons[t].startswith("diverged") for t in ("nan", "flagged"))
     assert {s.status for s in scheduler._trials.values()} == {"diverged"}
+
+
+def test_stopped_outcomes_are_the_schedulers_judgement(fitted_predictor, tmp_path: Path) -> None:
+    """What the run's tables take as a stopped trial's outcome: diverged by the scheduler's own rule (3x the first
+    training loss, a non-finite loss) though the trainable never flagged it, or stopped; read back from the state
+    on disk, including a stop still only in the journal (the driver died before the trial completed)."""
+    scheduler = make_scheduler(fitted_predictor, tmp_path)
+    with_references(scheduler)
+    exploding = [{"epoch": e, "val_acc": 0.1, "train_loss": 2.0 * 4 ** (e - 1), "diverged": 0} for e in (1, 2)]
+    run_trial(scheduler, FakeTrial("exploding", config()), exploding)
+    nan_loss = [{"epoch": 1, "val_acc": 0.1, "train_loss": math.nan, "val_loss": math.nan, "diverged": 0}]
+    run_trial(scheduler, FakeTrial("nan", config()), nan_loss)
+    run_trial(scheduler, FakeTrial("hopeless", config()), curve(0.2, 0.05))
+    assert stopped_outcomes(tmp_path) == {"exploding": "diverged", "nan": "diverged", "hopeless": "stopped"}
+    assert {scheduler._trials[t].status for t in ("exploding", "nan")} == {"diverged"}
+
+    trial = FakeTrial("crashed", config())
+    scheduler.on_trial_add(None, trial)
+    for row in exploding:
+        scheduler.on_trial_result(None, trial, dict(row))
+    assert json.loads((tmp_path / JOURNAL_FILE).read_text().splitlines()[-1])["decision"]["action"] == "stop"
+    assert stopped_outcomes(tmp_path)["crashed"] == "diverged"
+    assert stopped_outcomes(tmp_path / "no-state") == {}
+
+
+def test_store_takes_the_schedulers_divergence_on_a_real_run(ray_local, tmp_path: Path) -> None:
+    """A real search whose one trial's training loss jumps to ~40x its first value at epoch 3 (finite, so the
+    trainable does not flag it): the scheduler stops it as diverged, and trials.parquet and the report agree."""
+    spec = parse_spec(
+        tiny_spec(epochs=4, num_samples=1, statistics=[], scheduler={"type": "trajectory"},
+                  params={"optimizer": "sgd", "lr": 0.3, "momentum": 0.99, "lr_schedule": "constant",
+                          "batch_size": 128})
+    )  # fmt: skip
+    paths = run_search(spec, storage_path=tmp_path / "runs", run_name="diverging", reports_dir=tmp_path / "reports")
+    rows = pd.read_parquet(paths.run_dir / "trajectories.parquet")
+    assert rows["epoch"].tolist() == [1, 2, 3] and (rows["diverged"] == 0).all()
+    assert rows["train_loss"].iloc[-1] > 3 * rows["train_loss"].iloc[0]
+    trials = pd.read_parquet(paths.run_dir / "trials.parquet")
+    assert trials["status"].tolist() == ["diverged"]
+    state = json.loads((paths.run_dir / STATE_FILE).read_text())
+    assert [s["status"] for s in state["trials"].values()] == ["diverged"]
+    assert "0 finished, 0 stopped, 1 diverged" in (paths.report_dir / "index.html").read_text()
 
 
 def test_no_stopping_before_k_references(fitted_predictor) -> None:
