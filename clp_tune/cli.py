@@ -1,7 +1,8 @@
 """``clp-tune``: run, resume, submit, validate and report searches; benchmarks.
 
-Exit codes: 0 success, 1 the search or job failed, 2 bad input (an invalid search-space file, a missing run
-directory); a bad file is rejected before Ray starts.
+Exit codes: 0 success, 1 the search or job failed (for run and resume: no trial finished), 2 bad input (an
+invalid search-space file, a missing run directory, a trial bigger than the embedded Ray); a bad file is rejected
+before Ray starts.
 """
 
 from __future__ import annotations
@@ -10,40 +11,66 @@ import argparse
 import sys
 from pathlib import Path
 
-from clp_tune.spec import SpecError, load_spec
+from clp_tune.spec import Spec, SpecError, load_spec
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
+def _start_ray(spec: Spec, args: argparse.Namespace) -> None:
+    """Start or join Ray for ``spec``: a trial too big for the embedded Ray is bad input (SpecError, exit 2);
+    on a cluster that cannot hold one trial now, say what the search waits for and go on."""
+    from clp_tune.search import ensure_ray_for
+
+    waiting = ensure_ray_for(spec, num_cpus=args.num_cpus, address=args.address)
+    if waiting:
+        print(waiting, file=sys.stderr)
+
+
+def _search_outcome(run_dir: Path) -> int:
+    """Exit 1 with one line when no trial finished (the tables and report are written either way), else 0."""
+    from clp_tune.search import failed_search_reason
+
+    reason = failed_search_reason(run_dir)
+    if reason:
+        print(f"error: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
-    from clp_tune.search import ensure_ray, run_search
+    from clp_tune.search import run_search
 
     spec = load_spec(args.spec)
-    ensure_ray(num_cpus=args.num_cpus, address=args.address)
+    _start_ray(spec, args)
     paths = run_search(spec, storage_path=args.storage_path, run_name=args.run_name, reports_dir=args.reports_dir)
     print(f"\nrun directory: {paths.run_dir}")
     print(f"trajectories:  {paths.run_dir / 'trajectories.parquet'}")
     print(f"report:        {paths.report_dir / 'index.html'}")
-    return 0
+    return _search_outcome(paths.run_dir)
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from clp_tune.search import ensure_ray, resume_search
+    from clp_tune.search import SPEC_FILE, resume_search
 
     if not Path(args.run_dir).is_dir():
         print(f"error: {args.run_dir}: no such run directory", file=sys.stderr)
         return EXIT_BAD_INPUT
-    ensure_ray(num_cpus=args.num_cpus, address=args.address)
+    spec_path = Path(args.run_dir) / SPEC_FILE
+    if not spec_path.is_file():
+        print(f"error: {args.run_dir}: not a clp-tune run directory (no {SPEC_FILE})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _start_ray(load_spec(spec_path), args)
     paths = resume_search(args.run_dir, reports_dir=args.reports_dir)
     print(f"\nreport: {paths.report_dir / 'index.html'}")
-    return 0
+    return _search_outcome(paths.run_dir)
 
 
 def _validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    searched = ", ".join(spec.searched()) or "nothing (all fixed)"
     print(f"{args.spec}: valid — {spec.num_samples} trials of {spec.model} on {spec.dataset} for {spec.epochs} epochs;")
-    print(f"  searcher {spec.searcher}, scheduler {spec.scheduler.type}; searched: {searched}")
+    searcher = spec.searcher if spec.searched() else "none (nothing to sample)"
+    print(f"  searcher {searcher}, scheduler {spec.scheduler.type}; searched: {spec.search_summary()}")
     return 0
 
 

@@ -24,6 +24,17 @@ DATASET_SHAPES: dict[str, tuple[int, ...]] = {
 }
 VALIDATION_FRACTION = 0.1
 SPLIT_SEED = 12345
+# Training-split sizes after the validation split, known without loading anything, so a spec can be checked
+# against them (e.g. high_loss_q x batch_size): the full training sets (digits: load_digits()'s 1797 samples less
+# the 20 % test split _digits() holds out), less _carve_validation()'s rounded VALIDATION_FRACTION.
+_FULL_TRAIN_SIZES: dict[str, int] = {
+    "mnist1d": 4000,
+    "digits": 1797 - int(round(1797 * 0.2)),
+    "fashionmnist": 60000,
+    "cifar10": 50000,
+    "cifar100": 50000,
+}
+TRAIN_SIZES: dict[str, int] = {name: n - int(round(n * VALIDATION_FRACTION)) for name, n in _FULL_TRAIN_SIZES.items()}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from clp_tune.spec import Spec, load_spec, param_space
+from clp_tune.spec import Spec, SpecError, load_spec, param_space
 from clp_tune.trainable import train_trial
 
 SPEC_FILE = "spec.yaml"
@@ -44,14 +44,116 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         token.chmod(0o600)  # Ray 2.60 writes it world-readable; it grants control of the cluster
 
 
+def _resource_amount(value: float) -> str:
+    return f"{value:g}"
+
+
+def check_embedded_resources(spec: Spec, num_cpus: int | None = None) -> None:
+    """Reject, before an embedded Ray starts, a trial that could never be placed on it.
+
+    Ray would accept such a trial and keep it pending forever (it cannot know no node will ever join), so the
+    search would hang with no hint. The embedded Ray gets ``num_cpus`` or all of this machine's cores, and the
+    GPUs torch sees (checked with ``torch.cuda.device_count()``, which starts nothing).
+    """
+    cpus = num_cpus or os.cpu_count() or 1
+    source = f"--num-cpus {num_cpus}" if num_cpus else "this machine's cores; --num-cpus sets it"
+    wanted = spec.resources.cpu
+    if wanted > cpus:
+        raise SpecError(
+            f"resources.cpu: each trial asks for {_resource_amount(wanted)} CPUs, but the embedded Ray has {cpus} "
+            f"({source}), so no trial could ever start; expected cpu <= {cpus} here, or --address of a Ray "
+            f"cluster with nodes that big, got cpu {_resource_amount(wanted)}"
+        )
+    if spec.resources.gpu > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise SpecError(
+                f"resources.gpu: each trial asks for {_resource_amount(spec.resources.gpu)} GPU, but this machine "
+                f"has no GPU (torch.cuda.device_count() is 0), so no trial could ever start on the embedded Ray; "
+                f"expected gpu: 0 here, or --address of a Ray cluster with GPUs, got gpu "
+                f"{_resource_amount(spec.resources.gpu)}"
+            )
+
+
+def cluster_fit_warning(spec: Spec) -> str | None:
+    """On a connected cluster, one line saying what the search waits for when no alive node can hold one trial
+    now; None when one can. Not an error: an autoscaler may add such a node (a trial needs its CPUs and GPU on
+    one node)."""
+    import ray
+
+    cpu, gpu = spec.resources.cpu, spec.resources.gpu
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    if any(node.get("CPU", 0) >= cpu and node.get("GPU", 0) >= gpu for node in nodes):
+        return None
+    most_cpu = max((node.get("CPU", 0) for node in nodes), default=0)
+    most_gpu = max((node.get("GPU", 0) for node in nodes), default=0)
+    total_cpu = sum(node.get("CPU", 0) for node in nodes)
+    total_gpu = sum(node.get("GPU", 0) for node in nodes)
+    return (
+        f"waiting: each trial needs {_resource_amount(cpu)} CPU and {_resource_amount(gpu)} GPU on one node "
+        f"(resources:), but no node of the cluster has that now ({len(nodes)} node(s), at most "
+        f"{_resource_amount(most_cpu)} CPU and {_resource_amount(most_gpu)} GPU each, {_resource_amount(total_cpu)} "
+        f"CPU and {_resource_amount(total_gpu)} GPU in all); trials stay pending until such a node joins (the "
+        f"cluster's autoscaler may add one)"
+    )
+
+
+def ensure_ray_for(spec: Spec, num_cpus: int | None = None, address: str | None = None) -> str | None:
+    """:func:`ensure_ray`, checked against what one trial of ``spec`` needs.
+
+    On the embedded Ray (no ``address``, no ``RAY_ADDRESS``) a trial that can never fit raises :class:`SpecError`
+    before Ray starts (:func:`check_embedded_resources`). On a cluster (or a Ray already running), returns
+    :func:`cluster_fit_warning`'s line for the caller to print, or None.
+    """
+    import ray
+
+    cluster = bool(address or os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
+    if not cluster:
+        check_embedded_resources(spec, num_cpus)
+    ensure_ray(num_cpus=num_cpus, address=address)
+    return cluster_fit_warning(spec) if cluster else None
+
+
+def failed_search_reason(run_dir: Path) -> str | None:
+    """Why a search produced nothing, from its ``trials.parquet``: None when at least one trial finished.
+
+    A search whose trials all errored, diverged or were stopped still writes its tables and report (they say
+    what went wrong), but it has no result, and a script or scheduler running ``clp-tune`` must see that in the
+    exit code, not only in a report nobody opens.
+    """
+    import pandas as pd
+
+    from clp_tune.store import TRIALS
+
+    path = Path(run_dir) / TRIALS
+    if not path.is_file():
+        return f"no {TRIALS} in {run_dir}: the search wrote no trial table"
+    trials = pd.read_parquet(path)
+    if (trials.status == "finished").any():
+        return None
+    if trials.empty:
+        return f"no trial ran (see {path})"
+    counts = ", ".join(f"{count} {status}" for status, count in trials.status.value_counts().items())
+    errors = trials.loc[trials.status == "error", "error"].dropna() if "error" in trials else pd.Series()
+    first = f"; first error: {' '.join(str(errors.iloc[0]).split())}" if len(errors) else ""
+    return f"no trial finished ({counts} of {len(trials)}){first}; every trial is in {path} and the report"
+
+
 def _no_checkpoint_sync_warnings() -> None:
     """Checkpointing every epoch (for exact resume) makes Tune save its experiment state often; it warns each time."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def make_searcher(spec: Spec):
-    """Optuna TPE (through Ray's OptunaSearch) or plain random sampling."""
-    if spec.searcher == "optuna":
+    """Optuna TPE (through Ray's OptunaSearch) or plain random sampling.
+
+    With nothing searched, always the basic variant generator, whatever ``searcher:`` says: there is nothing for
+    a searcher to sample (OptunaSearch raises on an empty space), and the generator expands the seed grid
+    :func:`~clp_tune.spec.param_space` puts in the space (repeats over seeds).
+    """
+    if spec.searcher == "optuna" and spec.searched():
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
@@ -124,7 +226,7 @@ def run_search(
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode, search_alg=make_searcher(spec),
-            scheduler=make_scheduler(spec, local_dir), num_samples=spec.num_samples,
+            scheduler=make_scheduler(spec, local_dir), num_samples=spec.tune_num_samples(),
             max_concurrent_trials=spec.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(

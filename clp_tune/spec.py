@@ -16,13 +16,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from clp_tune.data import DATASET_SHAPES
-from clp_tune.detectors import DETECTORS
-from clp_tune.statistics import STATISTIC_GROUPS
+from clp_tune.data import DATASET_SHAPES, TRAIN_SIZES
+from clp_tune.detectors import DETECTOR_INPUT, DETECTORS
+from clp_tune.statistics import GROUP_COLUMNS, STATISTIC_GROUPS
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
 SCHEDULERS = ("fifo", "asha", "median", "trajectory")
 SEARCHERS = ("optuna", "random")
+# TrajectoryScheduler's ``detector`` default, used when ``scheduler.detector`` is not given. Kept here because
+# importing clp_tune.scheduler would import Ray into `clp-tune validate`; tests/test_spec.py checks they agree.
+TRAJECTORY_DEFAULT_DETECTOR = "acc50"
 
 
 class SpecError(ValueError):
@@ -77,6 +80,12 @@ def _one_of(*options: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _seed(value: Any) -> str | None:
+    """Trials seed torch generators with small offsets of the seed, which must fit a signed 64-bit integer."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
+    return None if ok else "an integer in [0, 2**32)"
+
+
 def _mixup_window(value: Any) -> str | None:
     """Epochs (int >= 0), a fraction of the budget (float in [0, 1)) or ``auto:<detector>``."""
     expected = (
@@ -103,7 +112,7 @@ KNOBS: dict[str, Knob] = {
     "batch_size": Knob(100, _positive_int, doc="minibatch size"),
     "dropout": Knob(0.0, _unit_interval, doc="dropout rate before the classifier (and in MLP blocks)"),
     "label_noise": Knob(0.0, _unit_interval, doc="fraction of training labels flipped to another class"),
-    "seed": Knob(0, _non_negative_int, doc="trial seed: initialisation, order, Mixup, label noise"),
+    "seed": Knob(0, _seed, doc="trial seed: initialisation, order, Mixup, label noise"),
     "mixup_alpha": Knob(0.0, _non_negative, doc="Mixup Beta(alpha, alpha); 0 disables Mixup"),
     "mixup_kind": Knob("input", _one_of("input", "manifold"), numeric=False, doc="Input or Manifold Mixup"),
     "mixup_off": Knob(0, _mixup_window, numeric=False, doc="early period trained without Mixup"),
@@ -216,6 +225,34 @@ class Spec(_Strict):
         """The knobs given as distributions, as ``{name: {kind: args}}``."""
         return {k: v for k, v in self.params.items() if isinstance(v, dict)}
 
+    def repeat_seeds(self) -> range | None:
+        """The seeds of a spec with nothing searched and ``seed`` left out: the recipe runs once per seed,
+        ``search_seed .. search_seed + num_samples - 1``. None when something is searched or ``seed`` is fixed.
+
+        A searcher has nothing to sample then (Optuna refuses an empty space), and ``num_samples`` draws of one
+        fixed configuration would be the same trial ``num_samples`` times; repeats over seeds is what such a spec
+        can only mean: how much the recipe's result varies from seed to seed.
+        """
+        if self.searched() or "seed" in self.params:
+            return None
+        return range(self.search_seed, self.search_seed + self.num_samples)
+
+    def tune_num_samples(self) -> int:
+        """``TuneConfig.num_samples``: 1 when the trials are a grid over :meth:`repeat_seeds` (the grid makes
+        ``num_samples`` trials), else ``num_samples``."""
+        return 1 if self.repeat_seeds() is not None else self.num_samples
+
+    def search_summary(self) -> str:
+        """What the search varies, in words (``clp-tune validate`` prints it)."""
+        if self.searched():
+            return ", ".join(self.searched())
+        seeds = self.repeat_seeds()
+        if seeds is None:
+            return f"nothing — 1 trial of the recipe (params.seed {self.params['seed']})"
+        if len(seeds) == 1:
+            return f"nothing — 1 trial of the recipe (seed {seeds[0]})"
+        return f"nothing — {len(seeds)} repeats over seeds {seeds[0]}..{seeds[-1]}"
+
     def fixed_config(self) -> dict[str, Any]:
         """Everything a trial needs that is not searched: settings, knob defaults and fixed knob values."""
         config: dict[str, Any] = {"dataset": self.dataset, "model": self.model, "epochs": self.epochs}
@@ -277,6 +314,27 @@ def _check_param(name: str, entry: Any, epochs: int) -> None:
     check_value(high, f"{key}[1]")
 
 
+def _values(entry: Any) -> list[Any]:
+    """Every value a knob entry can take: a fixed value, a choice or grid's values, or a range's ends."""
+    if not isinstance(entry, dict):
+        return [entry]
+    ((_, args),) = entry.items()
+    return list(args) if isinstance(args, list) else []
+
+
+def _check_mask_level(spec: Spec) -> None:
+    """Masking noise drops each input with probability ``pretrain_noise_level``: it must stay below 1."""
+    if "mask" not in _values(spec.params.get("pretrain_noise", KNOBS["pretrain_noise"].default)):
+        return
+    level = spec.params.get("pretrain_noise_level", KNOBS["pretrain_noise_level"].default)
+    too_high = [v for v in _values(level) if isinstance(v, (int, float)) and v >= 1]
+    if too_high:
+        raise SpecError(
+            f"params.pretrain_noise_level: masking noise (params.pretrain_noise: mask) needs a drop probability "
+            f"in [0, 1), got {too_high[0]!r}"
+        )
+
+
 def _check_compatibility(spec: Spec) -> None:
     shape = DATASET_SHAPES[spec.dataset]
     if spec.model == "cnn1d" and len(shape) != 1:
@@ -284,6 +342,7 @@ def _check_compatibility(spec: Spec) -> None:
     if spec.model in ("convnet", "resnet18") and len(shape) != 3:
         raise SpecError(f"model: {spec.model!r} needs an image dataset, but dataset {spec.dataset!r} is 1-D")
     pretrain = spec.params.get("pretrain", "none")
+    _check_mask_level(spec)
     if spec.model != "mlp" and pretrain != "none":
         raise SpecError(f"params.pretrain: autoencoder pretraining needs model 'mlp', not {spec.model!r}")
     if spec.scheduler.type == "trajectory":
@@ -297,6 +356,108 @@ def _check_compatibility(spec: Spec) -> None:
     gridded = [name for name, entry in spec.searched().items() if "grid" in entry]
     if gridded and spec.searcher != "random":
         raise SpecError(f"params.{gridded[0]}.grid: a grid needs searcher 'random' (Optuna samples, it cannot grid)")
+
+
+def _check_repeats(spec: Spec) -> None:
+    """With nothing searched and ``seed`` fixed, every trial would run the same configuration with the same seed."""
+    if not spec.searched() and "seed" in spec.params and spec.num_samples > 1:
+        raise SpecError(
+            f"num_samples: {spec.num_samples} trials with nothing searched and params.seed fixed at "
+            f"{spec.params['seed']!r} would all be identical; expected num_samples: 1, or params.seed left out "
+            f"(the trials then repeat over seeds search_seed .. search_seed + num_samples - 1), "
+            f"got num_samples {spec.num_samples}"
+        )
+
+
+def _candidates(entry: Any) -> list[Any]:
+    """The values a (checked) params entry can take that matter at its extremes: a fixed value, every value of a
+    choice or grid, or both ends of a range."""
+    if not isinstance(entry, dict):
+        return [entry]
+    return list(next(iter(entry.values())))
+
+
+def _has_early_epochs(window: Any, epochs: int) -> bool:
+    """Whether a ``mixup_off`` value gives at least one early epoch (rounded as clp_tune.early_period does)."""
+    if isinstance(window, str):
+        return True  # auto:<detector>: early until the detector fires, at least the first epoch
+    if isinstance(window, float):
+        return int(round(window * epochs)) > 0
+    return window > 0
+
+
+def _check_high_loss_batches(spec: Spec) -> None:
+    """Every early epoch must keep at least one full minibatch after ``high_loss_q`` drops its highest-loss samples.
+
+    The trial keeps ``n_train - int(n_train * q)`` of the training split in each early epoch (the Mixup-off window
+    given by ``mixup_off``; no window, no dropping) and raises "no full minibatch" when that is below the batch
+    size, in every trial that draws such a pair. Checked at the worst case the spec allows: the largest q and the
+    largest batch size (capped, as the trial caps it, at the training split).
+    """
+    q = max(_candidates(spec.params.get("high_loss_q", KNOBS["high_loss_q"].default)))
+    windows = _candidates(spec.params.get("mixup_off", KNOBS["mixup_off"].default))
+    if q <= 0 or not any(_has_early_epochs(window, spec.epochs) for window in windows):
+        return
+    n_train = TRAIN_SIZES[spec.dataset]
+    given_batch = max(_candidates(spec.params.get("batch_size", KNOBS["batch_size"].default)))
+    batch = min(int(given_batch), n_train)
+    kept = n_train - int(n_train * q)
+    if kept >= batch:
+        return
+    largest_q = math.floor((n_train - batch) / n_train * 1000) / 1000
+    searched = {"high_loss_q", "batch_size"} & set(spec.searched())
+    worst = " (the largest values the spec allows)" if searched else ""
+    if given_batch > n_train:
+        worst += f"; a batch_size above the training split is capped at its {n_train} samples"
+    raise SpecError(
+        f"params.high_loss_q and params.batch_size: an early epoch keeps n_train - int(n_train * q) = {kept} of "
+        f"the {n_train} {spec.dataset} training samples, fewer than one minibatch, so every such trial would fail "
+        f"with 'no full minibatch'; expected high_loss_q <= {largest_q} at batch_size {given_batch}, or batch_size "
+        f"<= {kept} at high_loss_q {q}, got high_loss_q {q} and batch_size {given_batch}{worst}"
+    )
+
+
+def _missing_statistic(detector: str, statistics: list[str]) -> str | None:
+    """The statistic group a detector needs but ``statistics`` leaves out; None when its input is reported.
+
+    A detector reads one column (DETECTOR_INPUT); a column no statistic group produces (train_acc) is always
+    reported. With the group off, the column never appears and the detector never fires: an ``auto`` Mixup-off
+    window then lasts the whole budget, and the trajectory scheduler waits for ``max_fraction`` in every trial.
+    """
+    column = DETECTOR_INPUT[detector]
+    groups = [group for group, columns in GROUP_COLUMNS.items() if column in columns]
+    if not groups or set(groups) & set(statistics):
+        return None
+    return " or ".join(repr(group) for group in groups)
+
+
+def _check_detector_inputs(spec: Spec) -> None:
+    """Every detector the spec relies on must have its input statistic switched on in ``statistics:``."""
+    entry = spec.params.get("mixup_off")
+    if entry is not None:
+        if isinstance(entry, dict):
+            kind, values = next(iter(entry.items()))
+            keyed = [(f"params.mixup_off.{kind}[{index}]", value) for index, value in enumerate(values)]
+        else:
+            keyed = [("params.mixup_off", entry)]
+        for key, value in keyed:
+            if isinstance(value, str):
+                missing = _missing_statistic(value.removeprefix("auto:"), spec.statistics)
+                if missing:
+                    raise SpecError(
+                        f"{key}: {value} needs statistic {missing}, which statistics: leaves out (the detector "
+                        f"would never fire); expected statistics: to include {missing}, got {spec.statistics}"
+                    )
+    if spec.scheduler.type == "trajectory":
+        detector = spec.scheduler.detector or TRAJECTORY_DEFAULT_DETECTOR
+        missing = _missing_statistic(detector, spec.statistics)
+        if missing:
+            key = "scheduler.detector" if spec.scheduler.detector else "scheduler.type"
+            given = "" if spec.scheduler.detector else " (the default; scheduler.detector not given)"
+            raise SpecError(
+                f"{key}: detector {detector!r}{given} needs statistic {missing}, which statistics: leaves out (it "
+                f"would never fire); expected statistics: to include {missing}, got {spec.statistics}"
+            )
 
 
 def _format_pydantic(error: ValidationError) -> str:
@@ -324,6 +485,9 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
         for name, entry in spec.params.items():
             _check_param(name, entry, spec.epochs)
         _check_compatibility(spec)
+        _check_repeats(spec)
+        _check_high_loss_batches(spec)
+        _check_detector_inputs(spec)
     except SpecError as error:
         raise SpecError(f"{source}: {error}") from None
     return spec
@@ -346,10 +510,17 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def param_space(spec: Spec) -> dict[str, Any]:
-    """The Ray Tune ``param_space``: fixed settings as constants, searched knobs as Tune domains."""
+    """The Ray Tune ``param_space``: fixed settings as constants, searched knobs as Tune domains.
+
+    With nothing searched and ``seed`` left out, ``seed`` is a grid over :meth:`Spec.repeat_seeds` (run with
+    ``num_samples`` 1, :meth:`Spec.tune_num_samples`): ``num_samples`` trials with distinct seeds.
+    """
     from ray import tune
 
     space: dict[str, Any] = spec.fixed_config()
+    seeds = spec.repeat_seeds()
+    if seeds is not None:
+        space["seed"] = tune.grid_search(list(seeds))
     for name, entry in spec.searched().items():
         kind, args = next(iter(entry.items()))
         if kind == "choice":

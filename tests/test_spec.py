@@ -61,6 +61,14 @@ BAD_SPECS = {
     "incompatible model": (tiny_spec(model="cnn1d"), "model: 'cnn1d' needs a 1-D dataset"),
     "grid with optuna": (tiny_spec(searcher="optuna", params={"seed": {"grid": [0, 1]}}), "params.seed.grid"),
     "unknown statistic": (tiny_spec(statistics=["entropy"]), "statistics"),
+    "seed too large for a generator": (
+        tiny_spec(params={"seed": 2**64}),
+        "params.seed: expected an integer in [0, 2**32)",
+    ),
+    "mask noise of 1": (
+        tiny_spec(params={"pretrain": "stacked", "pretrain_noise_level": {"grid": [0.2, 1.5]}}),
+        "params.pretrain_noise_level: masking noise",
+    ),
     "dropout of 1": (tiny_spec(params={"dropout": 1.0}), "params.dropout: expected a number in [0, 1)"),
     "trajectory on val_loss": (
         tiny_spec(scheduler="trajectory", metric="val_loss", mode="min"),
@@ -128,3 +136,188 @@ def test_trajectory_options_reach_the_scheduler(tmp_path: Path) -> None:
     )
     defaults = make_scheduler(parse_spec(tiny_spec(scheduler="trajectory")), tmp_path / "defaults")
     assert defaults.k == TrajectoryScheduler(budget=10).k  # left out: the scheduler's own default
+
+
+# --- checks added for specs that validated, then failed or misbehaved at run time ----------------------------
+
+
+def _digits_train() -> int:
+    from clp_tune.data import TRAIN_SIZES
+
+    return TRAIN_SIZES["digits"]
+
+
+def _groups_feeding(detector: str) -> list[str]:
+    """The statistic groups whose columns include the detector's input (empty: always reported, like train_acc)."""
+    from clp_tune.detectors import DETECTOR_INPUT
+    from clp_tune.statistics import GROUP_COLUMNS
+
+    return [group for group, columns in GROUP_COLUMNS.items() if DETECTOR_INPUT[detector] in columns]
+
+
+def _statistics_without(groups: list[str]) -> list[str]:
+    from clp_tune.statistics import STATISTIC_GROUPS
+
+    return [group for group in STATISTIC_GROUPS if group not in groups]
+
+
+def _statistic_fed_detectors() -> list[str]:
+    from clp_tune.detectors import DETECTORS
+
+    return [name for name in DETECTORS if _groups_feeding(name)]
+
+
+def _always_fed_detectors() -> list[str]:
+    from clp_tune.detectors import DETECTORS
+
+    return [name for name in DETECTORS if not _groups_feeding(name)]
+
+
+def _error(data: dict) -> str:
+    with pytest.raises(SpecError) as raised:
+        parse_spec(data)
+    return str(raised.value)
+
+
+def test_fixed_seed_with_nothing_searched_and_several_samples_is_rejected(tmp_path: Path, capsys) -> None:
+    """num_samples trials of one fixed configuration with one fixed seed would be the same trial repeated."""
+    message = _error(tiny_spec(num_samples=4, params={"lr": 0.01, "batch_size": 64, "seed": 3}))
+    assert message.startswith("<spec>: num_samples:") and "params.seed" in message and "got num_samples 4" in message
+    parse_spec(tiny_spec(num_samples=1, params={"lr": 0.01, "batch_size": 64, "seed": 3}))  # one trial: fine
+    path = write_spec(tmp_path / "same.yaml", tiny_spec(num_samples=4, params={"batch_size": 64, "seed": 3}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "num_samples" in err and "params.seed" in err
+
+
+def test_nothing_searched_becomes_a_seed_grid(tmp_path: Path, capsys) -> None:
+    """All params fixed: num_samples repeats over seeds search_seed.., through the basic generator even when the
+    spec asks for Optuna (which refuses an empty space)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from clp_tune.search import make_searcher
+
+    data = tiny_spec(num_samples=4, searcher="optuna", search_seed=5, params={"lr": 0.01, "batch_size": 64})
+    spec = parse_spec(data)
+    space = param_space(spec)
+    assert space["seed"] == {"grid_search": [5, 6, 7, 8]}
+    assert spec.tune_num_samples() == 1
+    assert isinstance(make_searcher(spec), BasicVariantGenerator)
+    assert main(["validate", str(write_spec(tmp_path / "fixed.yaml", data))]) == 0
+    assert "searched: nothing — 4 repeats over seeds 5..8" in capsys.readouterr().out
+
+    searched = parse_spec(tiny_spec(num_samples=4, searcher="optuna"))  # something searched: unchanged
+    assert "seed" not in searched.searched() and param_space(searched)["seed"] == 0
+    assert searched.tune_num_samples() == 4 and not isinstance(make_searcher(searched), BasicVariantGenerator)
+
+
+def test_high_loss_q_that_leaves_no_minibatch_is_rejected() -> None:
+    """An early epoch keeps n_train - int(n_train * q) samples; fewer than batch_size fails every such trial."""
+    n = _digits_train()
+    q = 0.99
+    kept = n - int(n * q)
+    fixed = _error(tiny_spec(params={"high_loss_q": q, "batch_size": kept + 1, "mixup_off": 1}))
+    assert "params.high_loss_q and params.batch_size" in fixed and f"= {kept} of the {n} digits" in fixed
+    parse_spec(tiny_spec(params={"high_loss_q": q, "batch_size": kept, "mixup_off": 1}))  # exactly one batch: fine
+    # Searched: judged at the worst case, the largest q and the largest batch size.
+    searched = _error(
+        tiny_spec(params={"high_loss_q": {"uniform": [0.0, q]}, "batch_size": {"choice": [kept, 256]},
+                          "mixup_off": {"choice": [0, "auto:acc50"]}})
+    )  # fmt: skip
+    assert "params.high_loss_q and params.batch_size" in searched and "largest values" in searched
+    assert "batch_size 256" in searched
+    # No early period (mixup_off 0, or a fraction that rounds to 0 epochs): nothing is dropped, nothing to check.
+    parse_spec(tiny_spec(params={"high_loss_q": q, "batch_size": 256}))
+    parse_spec(tiny_spec(epochs=3, params={"high_loss_q": q, "batch_size": 256, "mixup_off": 0.1}))
+    parse_spec(tiny_spec(params={"high_loss_q": 0.0, "batch_size": n, "mixup_off": 1}))
+
+
+def test_high_loss_q_check_uses_each_datasets_training_split() -> None:
+    """The same pair is fine on a large training split (cifar10) and not on a small one (digits)."""
+    pair = {"high_loss_q": 0.9, "batch_size": 256, "mixup_off": 2}
+    parse_spec(tiny_spec(dataset="cifar10", model="convnet", params=pair))
+    assert "params.high_loss_q and params.batch_size" in _error(tiny_spec(params=pair))
+
+
+@pytest.mark.parametrize("detector", _statistic_fed_detectors())
+def test_auto_window_needs_its_detectors_statistic(detector: str, tmp_path: Path, capsys) -> None:
+    """mixup_off: auto:<detector> (fixed or among choices) with the detector's input statistic switched off."""
+    groups = _groups_feeding(detector)
+    statistics = _statistics_without(groups)
+    fixed = _error(tiny_spec(statistics=statistics, params={"mixup_off": f"auto:{detector}"}))
+    assert f"params.mixup_off: auto:{detector} needs statistic {groups[0]!r}, which statistics: leaves out" in fixed
+    choice = _error(tiny_spec(statistics=statistics, params={"mixup_off": {"choice": [1, f"auto:{detector}"]}}))
+    assert f"params.mixup_off.choice[1]: auto:{detector} needs statistic" in choice
+    grid = _error(tiny_spec(searcher="random", statistics="none", params={"mixup_off": {"grid": [f"auto:{detector}"]}}))
+    assert "params.mixup_off.grid[0]" in grid and "statistics:" in grid
+    parse_spec(tiny_spec(statistics=groups, params={"mixup_off": f"auto:{detector}"}))  # switched on: fine
+    path = write_spec(tmp_path / "off.yaml", tiny_spec(statistics=statistics, params={"mixup_off": f"auto:{detector}"}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "params.mixup_off" in err and "statistics:" in err
+
+
+@pytest.mark.parametrize("detector", _statistic_fed_detectors())
+def test_trajectory_detector_needs_its_statistic(detector: str) -> None:
+    groups = _groups_feeding(detector)
+    data = tiny_spec(scheduler={"type": "trajectory", "detector": detector}, statistics=_statistics_without(groups))
+    message = _error(data)
+    assert f"scheduler.detector: detector {detector!r} needs statistic {groups[0]!r}" in message
+    assert "which statistics: leaves out" in message
+    parse_spec(tiny_spec(scheduler={"type": "trajectory", "detector": detector}, statistics=groups))
+
+
+@pytest.mark.parametrize("detector", _always_fed_detectors())
+def test_detectors_on_always_reported_columns_need_no_statistic(detector: str) -> None:
+    parse_spec(tiny_spec(statistics="none", params={"mixup_off": f"auto:{detector}"}))
+    parse_spec(tiny_spec(statistics="none", scheduler={"type": "trajectory", "detector": detector}))
+
+
+def test_trajectory_default_detector_is_checked_and_matches_the_scheduler() -> None:
+    """spec.py keeps TrajectoryScheduler's default detector (to stay free of Ray); they must agree."""
+    import inspect
+
+    from clp_tune.scheduler import TrajectoryScheduler
+    from clp_tune.spec import TRAJECTORY_DEFAULT_DETECTOR
+
+    default = inspect.signature(TrajectoryScheduler.__init__).parameters["detector"].default
+    assert default == TRAJECTORY_DEFAULT_DETECTOR
+    groups = _groups_feeding(default)
+    if groups:  # the default reads a statistic: leaving it out is an error naming scheduler.type
+        assert "scheduler.type: detector" in _error(tiny_spec(scheduler="trajectory", statistics="none"))
+    else:
+        parse_spec(tiny_spec(scheduler="trajectory", statistics="none"))
+
+
+def test_run_rejects_a_trial_bigger_than_the_embedded_ray_before_ray_starts(tmp_path: Path) -> None:
+    """resources: more CPUs than the embedded Ray gets, or a GPU on a machine without one, would wait forever."""
+    import os
+
+    import torch
+
+    cases = [  # (spec file, extra CLI arguments, key, words the line must hold)
+        ("cpu64.yaml", {"cpu": 64}, [], "resources.cpu", f"has {os.cpu_count()} (this machine's cores"),
+        ("cpu3.yaml", {"cpu": 3}, ["--num-cpus", "2"], "resources.cpu", "has 2 (--num-cpus 2)"),
+    ]
+    if torch.cuda.device_count() == 0:
+        cases.append(("gpu.yaml", {"cpu": 1, "gpu": 0.5}, [], "resources.gpu", "this machine has no GPU"))
+    code = (
+        "import sys, ray; from clp_tune.cli import main\n"
+        "for arg in sys.argv[2:]:\n"
+        "    path, *extra = arg.split(' ')\n"
+        "    rc = main(['run', path, '--storage-path', sys.argv[1], *extra])\n"
+        "    print(rc, 'ray-started' if ray.is_initialized() else 'ray-not-started', flush=True)\n"
+        "    print('--', file=sys.stderr, flush=True)\n"
+    )
+    args = []
+    for name, resources, extra, _, _ in cases:
+        args.append(" ".join([str(write_spec(tmp_path / name, tiny_spec(resources=resources))), *extra]))
+    command = [sys.executable, "-c", code, str(tmp_path / "runs"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    outcomes = result.stdout.splitlines()
+    errors = result.stderr.split("--\n")
+    assert len(outcomes) == len(cases), result.stdout + result.stderr
+    for (name, _, _, key, words), outcome, err in zip(cases, outcomes, errors, strict=False):
+        assert outcome == "2 ray-not-started", (name, outcome, err)
+        assert err.count("\n") == 1 and err.startswith(f"error: {key}: ") and words in err, (name, err)
+    assert not (tmp_path / "runs").exists()
