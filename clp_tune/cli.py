@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--reports-dir", default="reports", help="where the fetched report goes")
     submit.set_defaults(handler=_submit)
 
-    from clp_tune.bank import add_bank_parser
-    from clp_tune.bench import add_bench_parser
+    from clp_tune.bench.benchmarks import add_bench_parser
+    from clp_tune.bench.record import add_bank_parser
 
     add_bench_parser(commands)
     add_bank_parser(commands)

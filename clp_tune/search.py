@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from clp_tune.spec import Spec, SpecError, load_spec, param_space
-from clp_tune.trainable import train_trial
+from clp_tune.trial.trainable import train_trial
 
 SPEC_FILE = "spec.yaml"
 
@@ -189,7 +189,7 @@ def make_scheduler(spec: Spec, run_dir: Path):
     """The trial scheduler named in the spec."""
     options = spec.scheduler
     if options.type == "trajectory":
-        from clp_tune.scheduler import TrajectoryScheduler
+        from clp_tune.stopping.scheduler import TrajectoryScheduler
 
         return TrajectoryScheduler(budget=spec.epochs, state_dir=str(run_dir), **options.trajectory_options())
     return stock_scheduler(options.type, spec.epochs, options.grace_period, options.reduction_factor)
@@ -261,7 +261,7 @@ def finish(experiment: str, local_dir: Path, reports_dir: str | Path = "reports"
     When the experiment lives at a URI, the run's own files are uploaded next to Ray's there, so a client
     (``clp-tune submit``) can fetch the report from shared storage.
     """
-    from clp_tune.report import write_report
+    from clp_tune.report.page import write_report
     from clp_tune.store import write_store
 
     spec = load_spec(local_dir / SPEC_FILE)

@@ -16,15 +16,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from clp_tune.data import DATASET_SHAPES, TRAIN_SIZES
-from clp_tune.detectors import DETECTOR_INPUT, DETECTORS
-from clp_tune.statistics import GROUP_COLUMNS, STATISTIC_GROUPS
+from clp_tune.trial.data import DATASET_SHAPES, TRAIN_SIZES
+from clp_tune.trial.detectors import DETECTOR_INPUT, DETECTORS
+from clp_tune.trial.statistics import GROUP_COLUMNS, STATISTIC_GROUPS
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
 SCHEDULERS = ("fifo", "asha", "median", "trajectory")
 SEARCHERS = ("optuna", "random")
 # TrajectoryScheduler's ``detector`` default, used when ``scheduler.detector`` is not given. Kept here because
-# importing clp_tune.scheduler would import Ray into `clp-tune validate`; tests/test_spec.py checks they agree.
+# importing clp_tune.stopping.scheduler would import Ray into `clp-tune validate`; tests/test_spec.py checks they agree.
 TRAJECTORY_DEFAULT_DETECTOR = "acc50"
 
 
@@ -378,7 +378,7 @@ def _candidates(entry: Any) -> list[Any]:
 
 
 def _has_early_epochs(window: Any, epochs: int) -> bool:
-    """Whether a ``mixup_off`` value gives at least one early epoch (rounded as clp_tune.early_period does)."""
+    """Whether a ``mixup_off`` value gives at least one early epoch (rounded as clp_tune.trial.early_period does)."""
     if isinstance(window, str):
         return True  # auto:<detector>: early until the detector fires, at least the first epoch
     if isinstance(window, float):

@@ -83,7 +83,7 @@ def collect(run_dir: str | Path, state_dir: str | Path | None = None) -> tuple[p
     """
     from ray.tune import ExperimentAnalysis
 
-    from clp_tune.scheduler import stopped_outcomes
+    from clp_tune.stopping.scheduler import stopped_outcomes
 
     analysis = ExperimentAnalysis(str(run_dir))
     scheduler_outcomes = stopped_outcomes(state_dir or run_dir)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from clp_tune.bank import SHIPPED_BANK, SPACES, record_bank, sample_configs
-from clp_tune.statistics import GROUP_COLUMNS
+from clp_tune.bench.record import SPACES, record_bank, sample_configs
+from clp_tune.stopping.bank_library import SHIPPED_BANK
+from clp_tune.trial.statistics import GROUP_COLUMNS
 
 
 def test_recorder_writes_full_trajectories_with_config_columns(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from clp_tune.bench import _TimedStatistics
+from clp_tune.bench.benchmarks import _TimedStatistics
 from clp_tune.cli import main
 
 

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from clp_tune.detectors import (
+from clp_tune.trial.detectors import (
     DETECTOR_INPUT,
     DETECTORS,
     _percentile,

@@ -110,7 +110,7 @@ def test_failed_search_reason_counts_every_status(tmp_path: Path) -> None:
 
 def test_train_sizes_match_the_real_splits() -> None:
     """Validation checks high_loss_q x batch_size against TRAIN_SIZES without loading data; they must be right."""
-    from clp_tune.data import TRAIN_SIZES, load_dataset
+    from clp_tune.trial.data import TRAIN_SIZES, load_dataset
 
     for name in ("mnist1d", "digits"):
         assert TRAIN_SIZES[name] == len(load_dataset(name).y_train), name

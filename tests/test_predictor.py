@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from clp_tune.predictor import (
+from clp_tune.stopping.predictor import (
     FinalAccuracyPredictor,
     Prediction,
     curve_extrapolation,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from clp_tune.model import build_model
-from clp_tune.pretrain import DAESettings, make_decoders, pretrain_dae, train_layer
+from clp_tune.trial.model import build_model
+from clp_tune.trial.pretrain import DAESettings, make_decoders, pretrain_dae, train_layer
 
 TRAINED_MODES = ("stacked", "gradual")
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from test_predictor import synthetic_bank
 
-from clp_tune.cli import main
-from clp_tune.predictor import trajectories_from_frame
-from clp_tune.replay import (
+from clp_tune.bench.replay import (
     SCHEDULERS,
     _regret_within,
     _targets,
     _timeline_metrics,
-    load_bank,
     run_scheduler_benchmark,
 )
+from clp_tune.cli import main
+from clp_tune.stopping.bank_library import load_bank
+from clp_tune.stopping.predictor import trajectories_from_frame
 
 
 def test_timeline_metrics() -> None:

@@ -1,4 +1,4 @@
-"""Tests for clp_tune.report on synthetic run directories written in the contract's schema.
+"""Tests for clp_tune.report.page on synthetic run directories written in the contract's schema.
 
 ``write_synthetic_run`` is also used by test_report_browser.py; it builds a small search (12 trials x 10 epochs,
 Mixup-off window in {0, 2, 0.2} x 4 seeds, two stopped, one diverged, one errored) without running Ray.
@@ -17,7 +17,7 @@ import plotly.offline
 import pytest
 from scipy import stats
 
-from clp_tune.report import (
+from clp_tune.report.page import (
     MIN_TRIALS_FOR_BACKTEST,
     decisions_near,
     group_ci,
@@ -26,7 +26,7 @@ from clp_tune.report import (
     setting_label,
     write_report,
 )
-from clp_tune.scheduler import TrajectoryScheduler
+from clp_tune.stopping.scheduler import TrajectoryScheduler
 
 EPOCHS = 10
 SPEC_TEXT = """\

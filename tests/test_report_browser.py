@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from test_report import write_synthetic_run
 
-from clp_tune.report import write_report
+from clp_tune.report.page import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

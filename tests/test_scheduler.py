@@ -15,8 +15,10 @@ from conftest import tiny_spec
 from ray.tune.schedulers import TrialScheduler
 from test_predictor import synthetic_bank
 
-from clp_tune.predictor import FinalAccuracyPredictor
-from clp_tune.scheduler import (
+from clp_tune.search import run_search
+from clp_tune.spec import parse_spec
+from clp_tune.stopping.predictor import FinalAccuracyPredictor
+from clp_tune.stopping.scheduler import (
     DECISIONS_FILE,
     JOURNAL_FILE,
     SHIPPED_BANK,
@@ -24,8 +26,6 @@ from clp_tune.scheduler import (
     TrajectoryScheduler,
     stopped_outcomes,
 )
-from clp_tune.search import run_search
-from clp_tune.spec import parse_spec
 
 BUDGET = 20
 

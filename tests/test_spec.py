@@ -121,8 +121,8 @@ def test_run_rejects_bad_file_before_ray_starts(tmp_path: Path) -> None:
 
 
 def test_trajectory_options_reach_the_scheduler(tmp_path: Path) -> None:
-    from clp_tune.scheduler import TrajectoryScheduler
     from clp_tune.search import make_scheduler
+    from clp_tune.stopping.scheduler import TrajectoryScheduler
 
     given = {"type": "trajectory", "k": 4, "delta": 0.2, "min_fraction": 0.3, "max_fraction": 0.4, "noise_factor": 2.0}
     scheduler = make_scheduler(parse_spec(tiny_spec(scheduler=given)), tmp_path)
@@ -142,33 +142,33 @@ def test_trajectory_options_reach_the_scheduler(tmp_path: Path) -> None:
 
 
 def _digits_train() -> int:
-    from clp_tune.data import TRAIN_SIZES
+    from clp_tune.trial.data import TRAIN_SIZES
 
     return TRAIN_SIZES["digits"]
 
 
 def _groups_feeding(detector: str) -> list[str]:
     """The statistic groups whose columns include the detector's input (empty: always reported, like train_acc)."""
-    from clp_tune.detectors import DETECTOR_INPUT
-    from clp_tune.statistics import GROUP_COLUMNS
+    from clp_tune.trial.detectors import DETECTOR_INPUT
+    from clp_tune.trial.statistics import GROUP_COLUMNS
 
     return [group for group, columns in GROUP_COLUMNS.items() if DETECTOR_INPUT[detector] in columns]
 
 
 def _statistics_without(groups: list[str]) -> list[str]:
-    from clp_tune.statistics import STATISTIC_GROUPS
+    from clp_tune.trial.statistics import STATISTIC_GROUPS
 
     return [group for group in STATISTIC_GROUPS if group not in groups]
 
 
 def _statistic_fed_detectors() -> list[str]:
-    from clp_tune.detectors import DETECTORS
+    from clp_tune.trial.detectors import DETECTORS
 
     return [name for name in DETECTORS if _groups_feeding(name)]
 
 
 def _always_fed_detectors() -> list[str]:
-    from clp_tune.detectors import DETECTORS
+    from clp_tune.trial.detectors import DETECTORS
 
     return [name for name in DETECTORS if not _groups_feeding(name)]
 
@@ -277,8 +277,8 @@ def test_trajectory_default_detector_is_checked_and_matches_the_scheduler() -> N
     """spec.py keeps TrajectoryScheduler's default detector (to stay free of Ray); they must agree."""
     import inspect
 
-    from clp_tune.scheduler import TrajectoryScheduler
     from clp_tune.spec import TRAJECTORY_DEFAULT_DETECTOR
+    from clp_tune.stopping.scheduler import TrajectoryScheduler
 
     default = inspect.signature(TrajectoryScheduler.__init__).parameters["detector"].default
     assert default == TRAJECTORY_DEFAULT_DETECTOR

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clp_tune.model import BlockNet, DenseBlock, build_model
-from clp_tune.statistics import GROUP_COLUMNS, STATISTIC_GROUPS, TrajectoryStatistics, sample_predicted_labels
+from clp_tune.trial.model import BlockNet, DenseBlock, build_model
+from clp_tune.trial.statistics import GROUP_COLUMNS, STATISTIC_GROUPS, TrajectoryStatistics, sample_predicted_labels
 
 SEED = 3
 

@@ -13,11 +13,11 @@ import torch
 from conftest import tiny_spec
 from torch import nn
 
-import clp_tune.trainable as trainable
-from clp_tune.data import load_dataset
-from clp_tune.mixup import forward_and_loss
-from clp_tune.model import MixPoint, build_model
+import clp_tune.trial.trainable as trainable
 from clp_tune.spec import parse_spec
+from clp_tune.trial.data import load_dataset
+from clp_tune.trial.mixup import forward_and_loss
+from clp_tune.trial.model import MixPoint, build_model
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,7 @@ def test_resume_from_checkpoint_state_continues_identically(digits) -> None:
 def test_label_noise_flips_the_requested_fraction() -> None:
     import torch
 
-    from clp_tune.label_noise import corrupt_labels
+    from clp_tune.trial.label_noise import corrupt_labels
 
     labels = torch.randint(0, 10, (10_000,))
     noisy = corrupt_labels(labels, 0.3, 10, seed=1)

@@ -16,7 +16,7 @@ final-accuracy predictor can judge a trial early:
 Cost control (the statistics must stay under 10 % of an epoch): a training step only flattens the gradient into a
 preallocated buffer, records its norm and adds it to a running sum, all on the device (no host syncs); everything
 that needs extra forward or backward passes runs once per epoch on a small fixed probe set, with per-sample gradients
-from a per-layer factorisation (:mod:`clp_tune.probe_gradients`; ``torch.func`` for other layers). Probes run
+from a per-layer factorisation (:mod:`clp_tune.trial.probe_gradients`; ``torch.func`` for other layers). Probes run
 in eval mode (no dropout, BatchNorm running statistics), and the Fisher labels are drawn by inverse CDF from fixed
 uniforms (``torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)``), so epoch-to-epoch
 changes reflect the weights, not sampling noise.
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from clp_tune.model import BlockNet
-from clp_tune.probe_gradients import LayerCapture, factorable, factored_statistics, functional_statistics
+from clp_tune.trial.model import BlockNet
+from clp_tune.trial.probe_gradients import LayerCapture, factorable, factored_statistics, functional_statistics
 
 STATISTIC_GROUPS = (
     "grad_norm",

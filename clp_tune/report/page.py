@@ -154,7 +154,7 @@ class DetectorMark:
 
 def _trajectory_default(option: str) -> object:
     """A TrajectoryScheduler option's default, read off its signature (a spec leaves out what it keeps)."""
-    from clp_tune.scheduler import TrajectoryScheduler  # imports Ray: only for a trajectory run that needs it
+    from clp_tune.stopping.scheduler import TrajectoryScheduler  # imports Ray: only for a trajectory run that needs it
 
     return inspect.signature(TrajectoryScheduler).parameters[option].default
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clp_tune.model import BlockNet, MixPoint
+from clp_tune.trial.model import BlockNet, MixPoint
 
 
 def draw_mix_point(

@@ -2,7 +2,7 @@
 
 ASHA and the median rule compare *current* values at fixed times; with crossing learning curves (strong dropout,
 label noise or a small learning rate rise late) they stop the late bloomers. This scheduler instead asks the
-:mod:`clp_tune.predictor` for P(final val_acc > the k-th best final) and stops a trial once that falls below
+:mod:`clp_tune.stopping.predictor` for P(final val_acc > the k-th best final) and stops a trial once that falls below
 ``delta``. The k-th best is taken over the finals of finished trials; while fewer than k have finished, the
 predicted finals of running trials past their grace point fill in (at a pessimistic quantile), and with fewer
 than k values nothing stops.
@@ -45,9 +45,8 @@ import pandas as pd
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from clp_tune.bank import SHIPPED_BANK
-from clp_tune.detectors import DETECTOR_INPUT, DETECTORS
-from clp_tune.predictor import (
+from clp_tune.stopping.bank_library import SHIPPED_BANK, SHIPPED_BANK_DATASET
+from clp_tune.stopping.predictor import (
     HISTORY_COLUMNS,
     FinalAccuracyPredictor,
     Prediction,
@@ -55,6 +54,7 @@ from clp_tune.predictor import (
     Trajectory,
     planned_epochs,
 )
+from clp_tune.trial.detectors import DETECTOR_INPUT, DETECTORS
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -64,7 +64,6 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "scheduler_state.json"
 JOURNAL_FILE = "scheduler_state.journal.jsonl"
 DECISIONS_FILE = "decisions.parquet"
-SHIPPED_BANK_DATASET = "mnist1d"
 DIVERGENCE_LOSS_FACTOR = 3.0
 _STATE_VERSION = 1
 #: The statuses a decision to stop leaves a trial in (a trial that then fails turns "error", as Ray reports it).

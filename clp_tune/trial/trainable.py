@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from clp_tune.data import Splits, load_dataset
-from clp_tune.detectors import DETECTOR_INPUT, DETECTORS, detect_all
-from clp_tune.early_period import EarlyPeriod
-from clp_tune.label_noise import corrupt_labels
-from clp_tune.mixup import draw_mix_point, forward_and_loss
-from clp_tune.model import BlockNet, build_model
-from clp_tune.pretrain import pretrain_dae
-from clp_tune.statistics import TrajectoryStatistics
+from clp_tune.trial.data import Splits, load_dataset
+from clp_tune.trial.detectors import DETECTOR_INPUT, DETECTORS, detect_all
+from clp_tune.trial.early_period import EarlyPeriod
+from clp_tune.trial.label_noise import corrupt_labels
+from clp_tune.trial.mixup import draw_mix_point, forward_and_loss
+from clp_tune.trial.model import BlockNet, build_model
+from clp_tune.trial.pretrain import pretrain_dae
+from clp_tune.trial.statistics import TrajectoryStatistics
 
 PROBE_SIZE = 64  # the per-sample statistics cost grows linearly with the probe set
 EVAL_BATCH = 2048

@@ -5,7 +5,7 @@ The bank is the trajectory predictor's default prior and the scheduler benchmark
 trainable reports (``val_acc`` is the one required column), and ``config/<knob>`` for the sampled knobs and
 ``config/epochs``. Recording uses the real trainable without Ray, in a process pool, so it is plain PyTorch.
 
-    clp-tune bank record --out clp_tune/data/bank_mnist1d.parquet --trials 200 --epochs 40 --workers 2
+    clp-tune bank record --out clp_tune/stopping/banks/bank_mnist1d.parquet --trials 200 --epochs 40 --workers 2
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import numpy as np
 import pandas as pd
 
 from clp_tune.spec import KNOBS
-from clp_tune.statistics import STATISTIC_GROUPS
-
-SHIPPED_BANK = Path(__file__).parent / "data" / "bank_mnist1d.parquet"
-
+from clp_tune.stopping.bank_library import SHIPPED_BANK
+from clp_tune.trial.statistics import STATISTIC_GROUPS
 
 # Where learning rate and dropout are sampled from (log-uniform, uniform). "wide" is the quickstart's space, the
 # shipped bank's; "regularized" keeps only good learning rates and strong dropout, so the best trials are the
@@ -62,7 +60,7 @@ def sample_configs(n: int, epochs: int, seed: int, space: str = "wide") -> list[
 def _record_one(config: dict[str, Any]) -> pd.DataFrame:
     import torch
 
-    from clp_tune.trainable import run_trial
+    from clp_tune.trial.trainable import run_trial
 
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from clp_tune.spec import KNOBS
-from clp_tune.statistics import STATISTIC_GROUPS, TrajectoryStatistics
+from clp_tune.trial.statistics import STATISTIC_GROUPS, TrajectoryStatistics
 
 REFERENCE_TARGET = 0.92
 
@@ -28,7 +28,7 @@ def reference_config(epochs: int, statistics: str = "") -> dict[str, Any]:
 
 
 def _train(config: dict[str, Any], statistics_type: type[TrajectoryStatistics] = TrajectoryStatistics) -> list[dict]:
-    from clp_tune.trainable import run_trial
+    from clp_tune.trial.trainable import run_trial
 
     rows: list[dict[str, Any]] = []
     run_trial(config, lambda row, state: rows.append(row), statistics_type=statistics_type)
@@ -98,8 +98,9 @@ def statistics_overhead(args: argparse.Namespace) -> int:
 
 
 def schedulers(args: argparse.Namespace) -> int:
-    from clp_tune.replay import load_bank, run_scheduler_benchmark
-    from clp_tune.scheduler import TrajectoryScheduler
+    from clp_tune.bench.replay import run_scheduler_benchmark
+    from clp_tune.stopping.bank_library import load_bank
+    from clp_tune.stopping.scheduler import TrajectoryScheduler
 
     try:
         load_bank(args.bank)  # a wrong path or schema fails here, before Ray starts

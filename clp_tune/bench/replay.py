@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from clp_tune.bank import SHIPPED_BANK
-from clp_tune.predictor import (
+from clp_tune.search import stock_scheduler, stock_scheduler_args
+from clp_tune.stopping.bank_library import SHIPPED_BANK, load_bank
+from clp_tune.stopping.predictor import (
     FinalAccuracyPredictor,
     History,
     Prediction,
@@ -51,8 +52,7 @@ from clp_tune.predictor import (
     last_value_prediction,
     trajectories_from_frame,
 )
-from clp_tune.scheduler import TrajectoryScheduler
-from clp_tune.search import stock_scheduler, stock_scheduler_args
+from clp_tune.stopping.scheduler import TrajectoryScheduler
 
 SCHEDULERS = ("fifo", "asha", "median", "trajectory")
 SPEARMAN_FRACTIONS = (0.1, 0.25, 0.5)
@@ -78,19 +78,6 @@ class CrossFitPredictor:
     def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None:
         for predictor in self.predictors:
             predictor.observe_finished(rows)
-
-
-def load_bank(path: str | Path | None) -> pd.DataFrame:
-    """Read a bank Parquet (default: the shipped one) and check its schema."""
-    path = Path(path) if path else SHIPPED_BANK
-    if not path.is_file():
-        raise FileNotFoundError(f"no trajectory bank at {path}")
-    bank = pd.read_parquet(path)
-    missing = {"trial_id", "epoch", "val_acc"} - set(bank.columns)
-    if missing:
-        raise ValueError(f"{path}: a bank needs trial_id, epoch and val_acc columns; missing {sorted(missing)}")
-    bank = bank.assign(trial_id=bank["trial_id"].astype(str), epoch=bank["epoch"].astype(int))
-    return bank.drop_duplicates(["trial_id", "epoch"], keep="last").sort_values(["trial_id", "epoch"], kind="stable")
 
 
 def _replay_rows(bank: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:

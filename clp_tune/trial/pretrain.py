@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from clp_tune.model import BlockNet, DenseBlock
+from clp_tune.trial.model import BlockNet, DenseBlock
 
 PRETRAIN_MODES = ("none", "stacked", "gradual")
 NOISE_KINDS = ("mask", "gaussian")
