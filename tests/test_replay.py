@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-from test_predictor import synthetic_bank
 
 from clp_tune.bench.replay import (
     SCHEDULERS,
@@ -16,6 +15,7 @@ from clp_tune.bench.replay import (
     _timeline_metrics,
     run_scheduler_benchmark,
 )
+from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.cli import main
 from clp_tune.stopping.bank_library import load_bank
 from clp_tune.stopping.predictor import trajectories_from_frame

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from conftest import tiny_spec
 from ray.tune.schedulers import TrialScheduler
-from test_predictor import synthetic_bank
 
+from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.search import run_search
 from clp_tune.spec import parse_spec
 from clp_tune.stopping.predictor import FinalAccuracyPredictor
