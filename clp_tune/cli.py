@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from clp_tune.spec import Spec, SpecError, load_spec
+from clp_tune.vocabulary import REPORT_PAGE, SPEC_FILE, TRAJECTORIES_FILE
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -45,13 +46,13 @@ def _run(args: argparse.Namespace) -> int:
     _start_ray(spec, args)
     paths = run_search(spec, storage_path=args.storage_path, run_name=args.run_name, reports_dir=args.reports_dir)
     print(f"\nrun directory: {paths.run_dir}")
-    print(f"trajectories:  {paths.run_dir / 'trajectories.parquet'}")
-    print(f"report:        {paths.report_dir / 'index.html'}")
+    print(f"trajectories:  {paths.run_dir / TRAJECTORIES_FILE}")
+    print(f"report:        {paths.report_dir / REPORT_PAGE}")
     return _search_outcome(paths.run_dir)
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from clp_tune.search import SPEC_FILE, resume_search
+    from clp_tune.search import resume_search
 
     if not Path(args.run_dir).is_dir():
         print(f"error: {args.run_dir}: no such run directory", file=sys.stderr)
@@ -62,7 +63,7 @@ def _resume(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     _start_ray(load_spec(spec_path), args)
     paths = resume_search(args.run_dir, reports_dir=args.reports_dir)
-    print(f"\nreport: {paths.report_dir / 'index.html'}")
+    print(f"\nreport: {paths.report_dir / REPORT_PAGE}")
     return _search_outcome(paths.run_dir)
 
 
@@ -75,14 +76,14 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from clp_tune.search import SPEC_FILE, finish
+    from clp_tune.search import finish
 
     run_dir = Path(args.run_dir).resolve()
     if not (run_dir / SPEC_FILE).is_file():
         print(f"error: {run_dir}: not a clp-tune run directory (no {SPEC_FILE})", file=sys.stderr)
         return EXIT_BAD_INPUT
     paths = finish(str(run_dir), run_dir, args.reports_dir)
-    print(f"report: {paths.report_dir / 'index.html'}")
+    print(f"report: {paths.report_dir / REPORT_PAGE}")
     return 0
 
 
@@ -146,8 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--reports-dir", default="reports", help="where the fetched report goes")
     submit.set_defaults(handler=_submit)
 
-    from clp_tune.bench.benchmarks import add_bench_parser
-    from clp_tune.bench.record import add_bank_parser
+    from clp_tune.bench.commands import add_bank_parser, add_bench_parser
 
     add_bench_parser(commands)
     add_bank_parser(commands)

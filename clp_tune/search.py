@@ -16,8 +16,7 @@ import yaml
 
 from clp_tune.spec import Spec, SpecError, load_spec, param_space
 from clp_tune.trial.trainable import train_trial
-
-SPEC_FILE = "spec.yaml"
+from clp_tune.vocabulary import REPORT_DIR, SPEC_FILE, TRIALS_FILE
 
 
 @dataclass(frozen=True)
@@ -125,11 +124,9 @@ def failed_search_reason(run_dir: Path) -> str | None:
     """
     import pandas as pd
 
-    from clp_tune.store import TRIALS
-
-    path = Path(run_dir) / TRIALS
+    path = Path(run_dir) / TRIALS_FILE
     if not path.is_file():
-        return f"no {TRIALS} in {run_dir}: the search wrote no trial table"
+        return f"no {TRIALS_FILE} in {run_dir}: the search wrote no trial table"
     trials = pd.read_parquet(path)
     if (trials.status == "finished").any():
         return None
@@ -268,7 +265,7 @@ def finish(experiment: str, local_dir: Path, reports_dir: str | Path = "reports"
     write_store(experiment, local_dir)
     report_dir = Path(reports_dir) / spec.name
     write_report(local_dir, report_dir)
-    shutil.copytree(report_dir, local_dir / "report", dirs_exist_ok=True)
+    shutil.copytree(report_dir, local_dir / REPORT_DIR, dirs_exist_ok=True)
     if _is_uri(experiment):
         import pyarrow.fs
 

@@ -14,18 +14,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator
 
-from clp_tune.trial.data import DATASET_SHAPES, TRAIN_SIZES
-from clp_tune.trial.detectors import DETECTOR_INPUT, DETECTORS
-from clp_tune.trial.statistics import GROUP_COLUMNS, STATISTIC_GROUPS
-
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
-SCHEDULERS = ("fifo", "asha", "median", "trajectory")
-SEARCHERS = ("optuna", "random")
-# TrajectoryScheduler's ``detector`` default, used when ``scheduler.detector`` is not given. Kept here because
-# importing clp_tune.stopping.scheduler would import Ray into `clp-tune validate`; tests/test_spec.py checks they agree.
-TRAJECTORY_DEFAULT_DETECTOR = "acc50"
+from clp_tune.vocabulary import (
+    DATASET_SHAPES,
+    DATASETS,
+    DETECTORS,
+    DISTRIBUTIONS,
+    MODEL_INPUT_RANK,
+    MODELS,
+    PRETRAIN_MODES,
+    PRETRAIN_NOISES,
+    SCHEDULER_TYPES,
+    SEARCHERS,
+    STATISTIC_GROUPS,
+    TRAIN_SIZES,
+    TRAJECTORY_OPTIONS,
+    detector_group,
+)
 
 
 class SpecError(ValueError):
@@ -119,8 +125,8 @@ KNOBS: dict[str, Knob] = {
     "early_mixup": Knob("pause", _one_of("pause", "boost"), numeric=False, doc="Mixup during the early period"),
     "alpha_boost": Knob(2.0, _at_least_one, doc="alpha multiplier in the early period when early_mixup=boost"),
     "high_loss_q": Knob(0.0, _unit_interval, doc="fraction of highest-loss samples dropped in the early period"),
-    "pretrain": Knob("none", _one_of("none", "stacked", "gradual"), numeric=False, doc="DAE pretraining (mlp)"),
-    "pretrain_noise": Knob("mask", _one_of("mask", "gaussian"), numeric=False, doc="DAE input corruption"),
+    "pretrain": Knob("none", _one_of(*PRETRAIN_MODES), numeric=False, doc="DAE pretraining (mlp)"),
+    "pretrain_noise": Knob("mask", _one_of(*PRETRAIN_NOISES), numeric=False, doc="DAE input corruption"),
     "pretrain_noise_level": Knob(0.2, _non_negative, doc="masking probability or Gaussian std"),
     "pretrain_epochs": Knob(5, _non_negative_int, doc="DAE pretraining epochs per layer"),
 }
@@ -145,38 +151,40 @@ class Resources(_Strict):
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-class SchedulerSpec(_Strict):
+class _SchedulerOptions(_Strict):
     """Which trial scheduler stops trials early, and its options (only those of the chosen type apply).
 
-    The trajectory options left out take ``clp_tune.scheduler.TrajectoryScheduler``'s defaults (one place, chosen
-    with ``clp-tune bench schedulers``).
+    The trajectory options (``clp_tune.vocabulary.TRAJECTORY_OPTIONS``) are added as fields by
+    :data:`SchedulerSpec`; those left out keep the scheduler's defaults.
     """
 
-    type: Literal["fifo", "asha", "median", "trajectory"] = "fifo"
+    type: Literal[SCHEDULER_TYPES] = "fifo"  # type: ignore[valid-type]
     grace_period: int | None = Field(None, gt=0, description="asha/median: epochs before a trial can be stopped")
     reduction_factor: float = Field(3.0, gt=1, description="asha: keep 1/reduction_factor at each rung")
-    k: int | None = Field(None, gt=0, description="trajectory: stop when unlikely to beat the k-th best")
-    delta: float | None = Field(None, gt=0, lt=1, description="trajectory: probability below which a trial stops")
-    min_fraction: float | None = Field(None, gt=0, le=1, description="trajectory: earliest judgement (budget fraction)")
-    max_fraction: float | None = Field(
-        None, gt=0, le=1, description="trajectory: latest a critical-period detector may delay judgement"
-    )
-    detector: str | None = Field(None, description="trajectory: critical-period detector that delays judgement")
-    noise_grace: bool | None = Field(None, description="trajectory: lengthen the grace under dropout/label noise")
-    noise_factor: float | None = Field(None, ge=0, description="trajectory: grace x (1 + factor x noise level)")
     bank: str | None = Field(None, description="trajectory: bank Parquet for the predictor's prior")
 
-    @field_validator("detector")
+    @field_validator(*TRAJECTORY_OPTIONS, check_fields=False)
     @classmethod
-    def _known_detector(cls, value: str | None) -> str | None:
-        if value is not None and value not in DETECTORS:
-            raise ValueError(f"expected one of {', '.join(DETECTORS)}, got {value!r}")
+    def _valid_option(cls, value: Any, info: ValidationInfo) -> Any:
+        option = TRAJECTORY_OPTIONS[info.field_name]
+        if value is not None and not option.valid(value):
+            raise ValueError(f"expected {option.expected}, got {value!r}")
         return value
 
     def trajectory_options(self) -> dict[str, Any]:
         """The trajectory scheduler's options given in the spec (the rest keep the scheduler's defaults)."""
-        names = ("k", "delta", "min_fraction", "max_fraction", "detector", "noise_grace", "noise_factor", "bank")
+        names = (*TRAJECTORY_OPTIONS, "bank")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+SchedulerSpec = create_model(
+    "SchedulerSpec",
+    __base__=_SchedulerOptions,
+    **{
+        name: (option.type | None, Field(None, description=f"trajectory: {option.help}"))
+        for name, option in TRAJECTORY_OPTIONS.items()
+    },
+)
 
 
 class Spec(_Strict):
@@ -184,13 +192,13 @@ class Spec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    dataset: Literal["mnist1d", "digits", "cifar10", "cifar100", "fashionmnist"]
-    model: Literal["cnn1d", "mlp", "convnet", "resnet18"]
+    dataset: Literal[DATASETS]  # type: ignore[valid-type]
+    model: Literal[MODELS]  # type: ignore[valid-type]
     epochs: int = Field(gt=0)
     num_samples: int = Field(gt=0)
     metric: Literal["val_acc", "val_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
-    searcher: Literal["optuna", "random"] = "optuna"
+    searcher: Literal[SEARCHERS] = "optuna"  # type: ignore[valid-type]
     search_seed: int = Field(0, ge=0)
     scheduler: SchedulerSpec = SchedulerSpec()
     max_concurrent_trials: int = Field(2, gt=0)
@@ -336,11 +344,11 @@ def _check_mask_level(spec: Spec) -> None:
 
 
 def _check_compatibility(spec: Spec) -> None:
-    shape = DATASET_SHAPES[spec.dataset]
-    if spec.model == "cnn1d" and len(shape) != 1:
-        raise SpecError(f"model: 'cnn1d' needs a 1-D dataset (mnist1d), but dataset {spec.dataset!r} has images")
-    if spec.model in ("convnet", "resnet18") and len(shape) != 3:
-        raise SpecError(f"model: {spec.model!r} needs an image dataset, but dataset {spec.dataset!r} is 1-D")
+    rank, needed = len(DATASET_SHAPES[spec.dataset]), MODEL_INPUT_RANK[spec.model]
+    if needed is not None and rank != needed:
+        wanted = "a 1-D dataset (mnist1d)" if needed == 1 else "an image dataset"
+        got = "has images" if rank == 3 else "is 1-D"
+        raise SpecError(f"model: {spec.model!r} needs {wanted}, but dataset {spec.dataset!r} {got}")
     pretrain = spec.params.get("pretrain", "none")
     _check_mask_level(spec)
     if spec.model != "mlp" and pretrain != "none":
@@ -420,15 +428,13 @@ def _check_high_loss_batches(spec: Spec) -> None:
 def _missing_statistic(detector: str, statistics: list[str]) -> str | None:
     """The statistic group a detector needs but ``statistics`` leaves out; None when its input is reported.
 
-    A detector reads one column (DETECTOR_INPUT); a column no statistic group produces (train_acc) is always
-    reported. With the group off, the column never appears and the detector never fires: an ``auto`` Mixup-off
-    window then lasts the whole budget, and the trajectory scheduler waits for ``max_fraction`` in every trial.
+    A detector reads one column (``vocabulary.DETECTOR_INPUT``); a column no statistic group produces (train_acc)
+    is always reported. With the group off, the column never appears and the detector never fires: an ``auto``
+    Mixup-off window then lasts the whole budget, and the trajectory scheduler waits for ``max_fraction`` in every
+    trial.
     """
-    column = DETECTOR_INPUT[detector]
-    groups = [group for group, columns in GROUP_COLUMNS.items() if column in columns]
-    if not groups or set(groups) & set(statistics):
-        return None
-    return " or ".join(repr(group) for group in groups)
+    group = detector_group(detector)
+    return None if group is None or group in statistics else repr(group)
 
 
 def _check_detector_inputs(spec: Spec) -> None:
@@ -449,7 +455,7 @@ def _check_detector_inputs(spec: Spec) -> None:
                         f"would never fire); expected statistics: to include {missing}, got {spec.statistics}"
                     )
     if spec.scheduler.type == "trajectory":
-        detector = spec.scheduler.detector or TRAJECTORY_DEFAULT_DETECTOR
+        detector = spec.scheduler.detector or TRAJECTORY_OPTIONS["detector"].default
         missing = _missing_statistic(detector, spec.statistics)
         if missing:
             key = "scheduler.detector" if spec.scheduler.detector else "scheduler.type"

@@ -23,9 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TRAJECTORIES = "trajectories.parquet"
-TRIALS = "trials.parquet"
-DECISIONS = "decisions.parquet"
+from clp_tune.vocabulary import TRAJECTORIES_FILE, TRIALS_FILE
 
 # Ray's per-row bookkeeping that says nothing about training.
 _RAY_COLUMNS = (
@@ -127,6 +125,6 @@ def write_store(experiment: str | Path, out_dir: str | Path | None = None) -> tu
     """
     out_dir = Path(out_dir or experiment)
     trajectories, trials = collect(experiment, out_dir)
-    write_table(trajectories, out_dir / TRAJECTORIES)
-    write_table(trials, out_dir / TRIALS)
+    write_table(trajectories, out_dir / TRAJECTORIES_FILE)
+    write_table(trials, out_dir / TRIALS_FILE)
     return trajectories, trials

@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from clp_tune.vocabulary import REPORT_DIR, REPORT_PAGE
+
 STORAGE_ENV = "CLP_TUNE_STORAGE"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -126,7 +128,7 @@ def submit_search(
         )
     if info.status != JobStatus.SUCCEEDED:
         return _error(f"job {job_id} ended {info.status.value}: {info.message or 'see the log above'}", EXIT_FAILED)
-    return _fetch_report(f"{storage}/{run_name}/report", Path(report_dest) / spec_name)
+    return _fetch_report(f"{storage}/{run_name}/{REPORT_DIR}", Path(report_dest) / spec_name)
 
 
 def _stop(client, job_id: str) -> int:
@@ -209,13 +211,13 @@ def _fetch_report(source: str, dest: Path) -> int:
 
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(source)
-        if fs.get_file_info(f"{path}/index.html").type != pyarrow.fs.FileType.File:
-            return _error(f"the job succeeded but {source}/index.html does not exist", EXIT_FAILED)
+        if fs.get_file_info(f"{path}/{REPORT_PAGE}").type != pyarrow.fs.FileType.File:
+            return _error(f"the job succeeded but {source}/{REPORT_PAGE} does not exist", EXIT_FAILED)
         dest.mkdir(parents=True, exist_ok=True)
         pyarrow.fs.copy_files(
             path, str(dest.resolve()), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
         )
     except OSError as error:  # e.g. no S3 credentials on this machine
         return _error(f"the job succeeded but its report could not be fetched from {source}: {error}", EXIT_FAILED)
-    print(f"report: {dest / 'index.html'}", flush=True)
+    print(f"report: {dest / REPORT_PAGE}", flush=True)
     return EXIT_OK

@@ -95,16 +95,17 @@ def test_run_and_resume_exit_1_when_no_trial_finished(tmp_path: Path) -> None:
 def test_failed_search_reason_counts_every_status(tmp_path: Path) -> None:
     """Only a finished trial makes a search a success: stopped, diverged, errored and unfinished do not."""
     from clp_tune.search import failed_search_reason
-    from clp_tune.store import TRIALS, write_table
+    from clp_tune.store import write_table
+    from clp_tune.vocabulary import TRIALS_FILE
 
     frame = pd.DataFrame(
         {"status": ["diverged", "error", "stopped", "error"], "error": [None, "ValueError: a\nb", None, "x"]}
     )
-    write_table(frame, tmp_path / TRIALS)
+    write_table(frame, tmp_path / TRIALS_FILE)
     reason = failed_search_reason(tmp_path)
     assert reason is not None and "\n" not in reason
     assert reason.startswith("no trial finished (2 error, 1 diverged, 1 stopped of 4); first error: ValueError: a b")
-    write_table(pd.concat([frame, pd.DataFrame({"status": ["finished"], "error": [None]})]), tmp_path / TRIALS)
+    write_table(pd.concat([frame, pd.DataFrame({"status": ["finished"], "error": [None]})]), tmp_path / TRIALS_FILE)
     assert failed_search_reason(tmp_path) is None
 
 

@@ -11,6 +11,7 @@ from conftest import REPO, tiny_spec, write_spec
 
 from clp_tune.cli import main
 from clp_tune.spec import SpecError, load_spec, param_space, parse_spec
+from clp_tune.vocabulary import DETECTORS, STATISTIC_GROUPS, TRAIN_SIZES, detector_group
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
@@ -142,34 +143,24 @@ def test_trajectory_options_reach_the_scheduler(tmp_path: Path) -> None:
 
 
 def _digits_train() -> int:
-    from clp_tune.trial.data import TRAIN_SIZES
-
     return TRAIN_SIZES["digits"]
 
 
 def _groups_feeding(detector: str) -> list[str]:
-    """The statistic groups whose columns include the detector's input (empty: always reported, like train_acc)."""
-    from clp_tune.trial.detectors import DETECTOR_INPUT
-    from clp_tune.trial.statistics import GROUP_COLUMNS
-
-    return [group for group, columns in GROUP_COLUMNS.items() if DETECTOR_INPUT[detector] in columns]
+    """The statistic group holding the detector's input (empty: always reported, like train_acc)."""
+    group = detector_group(detector)
+    return [] if group is None else [group]
 
 
 def _statistics_without(groups: list[str]) -> list[str]:
-    from clp_tune.trial.statistics import STATISTIC_GROUPS
-
     return [group for group in STATISTIC_GROUPS if group not in groups]
 
 
 def _statistic_fed_detectors() -> list[str]:
-    from clp_tune.trial.detectors import DETECTORS
-
     return [name for name in DETECTORS if _groups_feeding(name)]
 
 
 def _always_fed_detectors() -> list[str]:
-    from clp_tune.trial.detectors import DETECTORS
-
     return [name for name in DETECTORS if not _groups_feeding(name)]
 
 
@@ -273,20 +264,13 @@ def test_detectors_on_always_reported_columns_need_no_statistic(detector: str) -
     parse_spec(tiny_spec(statistics="none", scheduler={"type": "trajectory", "detector": detector}))
 
 
-def test_trajectory_default_detector_is_checked_and_matches_the_scheduler() -> None:
-    """spec.py keeps TrajectoryScheduler's default detector (to stay free of Ray); they must agree."""
-    import inspect
+def test_trajectory_default_detector_reads_an_always_reported_column() -> None:
+    """The scheduler's default detector (from the vocabulary) needs no statistic, so `statistics: none` is valid."""
+    from clp_tune.vocabulary import TRAJECTORY_OPTIONS
 
-    from clp_tune.spec import TRAJECTORY_DEFAULT_DETECTOR
-    from clp_tune.stopping.scheduler import TrajectoryScheduler
-
-    default = inspect.signature(TrajectoryScheduler.__init__).parameters["detector"].default
-    assert default == TRAJECTORY_DEFAULT_DETECTOR
-    groups = _groups_feeding(default)
-    if groups:  # the default reads a statistic: leaving it out is an error naming scheduler.type
-        assert "scheduler.type: detector" in _error(tiny_spec(scheduler="trajectory", statistics="none"))
-    else:
-        parse_spec(tiny_spec(scheduler="trajectory", statistics="none"))
+    assert detector_group(TRAJECTORY_OPTIONS["detector"].default) is None
+    spec = parse_spec(tiny_spec(scheduler="trajectory", statistics="none"))
+    assert spec.scheduler.trajectory_options() == {}
 
 
 def test_run_rejects_a_trial_bigger_than_the_embedded_ray_before_ray_starts(tmp_path: Path) -> None:

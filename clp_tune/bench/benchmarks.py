@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from clp_tune.spec import KNOBS
-from clp_tune.trial.statistics import STATISTIC_GROUPS, TrajectoryStatistics
+from clp_tune.trial.statistics import TrajectoryStatistics
+from clp_tune.vocabulary import STATISTIC_GROUPS, TRAJECTORY_OPTIONS
 
 REFERENCE_TARGET = 0.92
 
@@ -107,8 +108,7 @@ def schedulers(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: --bank: {error}", file=sys.stderr)
         return 2
-    names = ("k", "delta", "min_fraction", "max_fraction", "noise_factor", "noise_grace")
-    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in TRAJECTORY_OPTIONS if getattr(args, name) is not None}
     try:
         TrajectoryScheduler(budget=1, **options)  # checks the options' ranges (the predictor is built lazily)
     except ValueError as error:
@@ -116,39 +116,3 @@ def schedulers(args: argparse.Namespace) -> int:
         return 2
     run_scheduler_benchmark(args.bank, repetitions=args.repetitions, out_json=args.json, trajectory_options=options)
     return 0
-
-
-def add_bench_parser(commands: argparse._SubParsersAction) -> None:
-    bench = commands.add_parser("bench", help="benchmarks that print measured figures")
-    kinds = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-
-    reference = kinds.add_parser("mnist1d-reference", help="train the default mnist1d CNN recipe; print test accuracy")
-    reference.add_argument("--epochs", type=int, default=100)
-    reference.add_argument("--seeds", type=int, default=3)
-    reference.add_argument("--threads", type=int, default=1)
-    reference.set_defaults(handler=mnist1d_reference)
-
-    overhead = kinds.add_parser("statistics-overhead", help="cost of the trajectory statistics per epoch")
-    overhead.add_argument("--epochs", type=int, default=8)
-    overhead.add_argument("--repeats", type=int, default=3)
-    overhead.add_argument("--threads", type=int, default=1)
-    overhead.set_defaults(handler=statistics_overhead)
-
-    sched = kinds.add_parser(
-        "schedulers", help="replay a trajectory bank under FIFO, ASHA, median and trajectory",
-        description="Replay every trial of a bank through real Ray Tune, one at a time and in the same seeded "
-        "orders, under no stopping, ASHA, the median rule and the trajectory scheduler (its predictor's prior "
-        "cross-fitted, never on the trial it judges). Prints epochs, regret, regret at ASHA's budget and "
-        "Spearman correlations, and whether the targets are met; writes the same as JSON.",
-    )  # fmt: skip
-    sched.add_argument("--bank", help="bank Parquet: trial_id, epoch, val_acc, config/<knob> (default: shipped)")
-    sched.add_argument("--repetitions", type=int, default=5, help="orders of the trials to average over")
-    sched.add_argument("--json", default="bench_schedulers.json", help="where to write the results as JSON")
-    for name, kind in (("k", int), ("delta", float), ("min_fraction", float), ("max_fraction", float),
-                       ("noise_factor", float)):  # fmt: skip
-        sched.add_argument(
-            f"--{name.replace('_', '-')}", type=kind, help="trajectory scheduler option (default: its own)"
-        )
-    sched.add_argument("--no-noise-grace", dest="noise_grace", action="store_false", default=None,
-                       help="trajectory scheduler: do not lengthen the grace under noise")  # fmt: skip
-    sched.set_defaults(handler=schedulers)

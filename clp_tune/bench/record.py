@@ -10,19 +10,17 @@ trainable reports (``val_acc`` is the one required column), and ``config/<knob>`
 
 from __future__ import annotations
 
-import argparse
-import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from clp_tune.spec import KNOBS
-from clp_tune.stopping.bank_library import SHIPPED_BANK
-from clp_tune.trial.statistics import STATISTIC_GROUPS
+from clp_tune.vocabulary import STATISTIC_GROUPS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Where learning rate and dropout are sampled from (log-uniform, uniform). "wide" is the quickstart's space, the
 # shipped bank's; "regularized" keeps only good learning rates and strong dropout, so the best trials are the
@@ -35,6 +33,8 @@ SPACES = {
 
 def sample_configs(n: int, epochs: int, seed: int, space: str = "wide") -> list[dict[str, Any]]:
     """Configurations spread over ``SPACES[space]`` and the Mixup, noise and batch-size knobs."""
+    import numpy as np
+
     lr, dropout = SPACES[space]["lr"], SPACES[space]["dropout"]
     rng = np.random.default_rng(seed)
     configs = []
@@ -58,6 +58,7 @@ def sample_configs(n: int, epochs: int, seed: int, space: str = "wide") -> list[
 
 
 def _record_one(config: dict[str, Any]) -> pd.DataFrame:
+    import pandas as pd
     import torch
 
     from clp_tune.trial.trainable import run_trial
@@ -75,6 +76,8 @@ def _record_one(config: dict[str, Any]) -> pd.DataFrame:
 
 def record_bank(out: Path, trials: int, epochs: int, workers: int, seed: int = 0, space: str = "wide") -> pd.DataFrame:
     """Train ``trials`` configurations sampled from ``space`` for ``epochs`` each and write the bank to ``out``."""
+    import pandas as pd
+
     from clp_tune.store import write_table
 
     configs = sample_configs(trials, epochs, seed, space)
@@ -93,20 +96,11 @@ def record_bank(out: Path, trials: int, epochs: int, workers: int, seed: int = 0
     return bank
 
 
-def add_bank_parser(commands: argparse._SubParsersAction) -> None:
-    bank = commands.add_parser("bank", help="record a trajectory bank (the predictor's prior)")
-    actions = bank.add_subparsers(dest="bank_action", required=True, metavar="ACTION")
-    record = actions.add_parser("record", help="train sampled mnist1d configurations to the end and store them")
-    record.add_argument("--out", type=Path, default=SHIPPED_BANK)
-    record.add_argument("--trials", type=int, default=200)
-    record.add_argument("--epochs", type=int, default=40)
-    record.add_argument("--workers", type=int, default=os.cpu_count())
-    record.add_argument("--seed", type=int, default=0)
-    record.add_argument("--space", choices=sorted(SPACES), default="wide", help="where lr and dropout are sampled")
-
-    def handler(args: argparse.Namespace) -> int:
-        frame = record_bank(args.out, args.trials, args.epochs, args.workers, args.seed, args.space)
-        print(f"wrote {args.out}: {frame.trial_id.nunique()} trials, {len(frame)} rows")
-        return 0
-
-    record.set_defaults(handler=handler)
+def record_command(args) -> int:
+    """``clp-tune bank record``: exit 2 for an unknown ``--space``, else record and say what was written."""
+    if args.space not in SPACES:
+        print(f"error: --space: expected one of {', '.join(SPACES)}, got {args.space!r}", file=sys.stderr)
+        return 2
+    frame = record_bank(args.out, args.trials, args.epochs, args.workers, args.seed, args.space)
+    print(f"wrote {args.out}: {frame.trial_id.nunique()} trials, {len(frame)} rows")
+    return 0

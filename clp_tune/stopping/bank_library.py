@@ -8,8 +8,10 @@ bank lies in ``banks/`` next to this module; ``clp-tune bank record`` (``clp_tun
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 BANKS_DIR = Path(__file__).parent / "banks"
 SHIPPED_BANK = BANKS_DIR / "bank_mnist1d.parquet"
@@ -19,6 +21,8 @@ SHIPPED_BANK_DATASET = "mnist1d"
 
 def load_bank(path: str | Path | None) -> pd.DataFrame:
     """Read a bank Parquet (default: the shipped one) and check its schema."""
+    import pandas as pd
+
     path = Path(path) if path else SHIPPED_BANK
     if not path.is_file():
         raise FileNotFoundError(f"no trajectory bank at {path}")
