@@ -1,7 +1,7 @@
-"""Tests for clp_tune.report.page on synthetic run directories written in the contract's schema.
+"""Tests for clp_tune.report on synthetic run directories written in the contract's schema.
 
-``write_synthetic_run`` is also used by test_report_browser.py; it builds a small search (12 trials x 10 epochs,
-Mixup-off window in {0, 2, 0.2} x 4 seeds, two stopped, one diverged, one errored) without running Ray.
+``write_synthetic_run`` (conftest.py) builds a small search (12 trials x 10 epochs, Mixup-off window in
+{0, 2, 0.2} x 4 seeds, two stopped, one diverged, one errored) without running Ray.
 """
 
 from __future__ import annotations
@@ -15,113 +15,18 @@ import numpy as np
 import pandas as pd
 import plotly.offline
 import pytest
+import yaml
+from conftest import SPEC_TEXT, write_synthetic_run
 from scipy import stats
 
-from clp_tune.report.page import (
-    MIN_TRIALS_FOR_BACKTEST,
-    decisions_near,
-    group_ci,
-    load_run,
-    searched_params,
-    setting_label,
-    write_report,
-)
+from clp_tune.report.page import write_report
+from clp_tune.report.parameters import searched_params
+from clp_tune.report.run import load_run
+from clp_tune.report.scheduler import MIN_TRIALS_FOR_BACKTEST
+from clp_tune.report.statistics import decisions_near, group_ci, setting_label
+from clp_tune.spec import parse_spec
 from clp_tune.stopping.scheduler import TrajectoryScheduler
-
-EPOCHS = 10
-SPEC_TEXT = """\
-# synthetic search; this comment must stay inert: <script>alert("spec")</script>
-name: synthetic
-description: a <b>synthetic</b> search
-dataset: mnist1d
-model: mlp
-epochs: 10
-scheduler: trajectory
-params:
-  lr: {loguniform: [0.001, 0.1]}
-  batch_size: {choice: [32, 64]}
-  mixup_off: {choice: [0, 2, 0.2]}
-  seed: {choice: [0, 1, 2, 3]}
-  dropout: 0.1
-"""
-MIXUP_EFFECT = {"0": 0.0, "2": 0.02, "0.2": -0.01}
-STATISTICS = ("grad_norm", "layer_rotation", "grad_cosine_distance", "fisher_trace", "weight_distance")
-ERROR_TEXT = 'RuntimeError: CUDA <script>alert("error")</script> out of memory'
-
-
-def write_synthetic_run(
-    run_dir: Path, *, scheduler: str = "trajectory", statistics: bool = True, pretrain: bool = False
-) -> Path:
-    """Write spec.yaml, trajectories.parquet, trials.parquet (and decisions.parquet for the trajectory scheduler).
-
-    Trials 3 and 7 are stopped (epochs 4 and 6), trial 10 diverges at epoch 1, trial 11 errors before reporting.
-    ``pretrain`` alternates pretrain "none"/"stacked" and adds a pretrain_recon_error column.
-    """
-    rng = np.random.default_rng(0)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    spec = SPEC_TEXT if scheduler == "trajectory" else SPEC_TEXT.replace("scheduler: trajectory", "scheduler: fifo")
-    (run_dir / "spec.yaml").write_text(spec, encoding="utf-8")
-    stop_at = {3: 4, 7: 6}
-    trials, rows, decisions = [], [], []
-    for index in range(12):
-        mixup_off = list(MIXUP_EFFECT)[index // 4]
-        trial_id = f"t{index:02d}"
-        config = {
-            "config/dataset": "mnist1d",
-            "config/model": "mlp",
-            "config/epochs": EPOCHS,
-            "config/lr": float(10 ** rng.uniform(-3, -1)),
-            "config/batch_size": int(rng.choice([32, 64])),
-            "config/mixup_off": mixup_off,
-            "config/seed": index % 4,
-            "config/dropout": 0.1,
-            "config/mixup_alpha": 1.0,
-            "config/statistics": str(list(STATISTICS) if statistics else []),
-            "config/pretrain": ("none", "stacked")[index % 2] if pretrain else "none",
-        }
-        final = 0.7 + MIXUP_EFFECT[mixup_off] + rng.normal(0, 0.01)
-        status = (
-            "stopped" if index in stop_at else "diverged" if index == 10 else "error" if index == 11 else "finished"
-        )
-        epochs = {"stopped": stop_at.get(index), "diverged": 1, "error": 0}.get(status, EPOCHS)
-        curve = [final * (1 - np.exp(-e / 3)) + rng.normal(0, 0.005) for e in range(1, epochs + 1)]
-        if status == "diverged":
-            curve = [0.1]
-        for epoch, val_acc in enumerate(curve, start=1):
-            row = {"trial_id": trial_id, "epoch": epoch, "train_loss": 1.0 / epoch, "train_acc": val_acc + 0.02}
-            row.update(val_loss=1.1 / epoch, val_acc=val_acc, lr=config["config/lr"], epoch_seconds=0.5)
-            row.update(diverged=int(status == "diverged"), test_loss=np.nan, test_acc=np.nan)
-            if statistics:
-                row.update({name: float(np.exp(-epoch / 4) + rng.normal(0, 0.01)) for name in STATISTICS})
-                row["cp_end_acc50"] = 3.0 if epoch >= 3 else np.nan
-                row["cp_end_layer_rotation"] = 4.0 if epoch >= 4 else np.nan
-            if pretrain:
-                row["pretrain_recon_error"] = 0.2 if config["config/pretrain"] == "stacked" else np.nan
-            if status == "finished" and epoch == epochs:
-                row.update(test_loss=1.2 / epoch, test_acc=val_acc - 0.01)
-            rows.append({**row, **config})
-            if scheduler == "trajectory" and epoch >= 2:
-                stop = status == "stopped" and epoch == epochs
-                decisions.append(
-                    {"trial_id": trial_id, "epoch": epoch, "pred_mean": final + rng.normal(0, 0.03 / epoch),
-                     "pred_std": 0.05 / epoch, "threshold": 0.7, "p_beat": 0.01 if stop else 0.5,
-                     "action": "stop" if stop else "continue", "reason": "p_beat < 0.05" if stop else ""}
-                )  # fmt: skip
-        trial = {"trial_id": trial_id, "status": status, "error": ERROR_TEXT if status == "error" else None}
-        trial.update(epochs=epochs, val_acc=curve[-1] if curve else np.nan, best_val_acc=max(curve, default=np.nan))
-        trial.update(test_acc=curve[-1] - 0.01 if status == "finished" else np.nan, time_total_s=0.5 * epochs + 1)
-        if statistics:
-            trial.update(
-                cp_end_acc50=3.0 if epochs >= 3 else np.nan, cp_end_layer_rotation=4.0 if epochs >= 4 else np.nan
-            )
-        if pretrain:
-            trial["pretrain_recon_error"] = 0.2 + 0.01 * index if config["config/pretrain"] == "stacked" else np.nan
-        trials.append({**trial, **config})
-    pd.DataFrame(rows).to_parquet(run_dir / "trajectories.parquet")
-    pd.DataFrame(trials).to_parquet(run_dir / "trials.parquet")
-    if scheduler == "trajectory":
-        pd.DataFrame(decisions).to_parquet(run_dir / "decisions.parquet")
-    return run_dir
+from clp_tune.vocabulary import DECISIONS_FILE, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
 
 
 def _figure_count(page: str) -> int:
@@ -199,9 +104,9 @@ def test_pretrain_modes_are_compared(tmp_path: Path) -> None:
 
 def test_mixup_comparison_leaves_out_trials_without_mixup(tmp_path: Path) -> None:
     run = write_synthetic_run(tmp_path / "run")
-    trials = pd.read_parquet(run / "trials.parquet")
+    trials = pd.read_parquet(run / TRIALS_FILE)
     trials.loc[trials["trial_id"].isin(["t00", "t04"]), "config/mixup_alpha"] = 0.0
-    trials.to_parquet(run / "trials.parquet")
+    trials.to_parquet(run / TRIALS_FILE)
     page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
     section = page[page.index('<section id="mixup">') :]
     section = section[: section.index("</section>")]
@@ -216,9 +121,9 @@ def test_mixup_comparison_leaves_out_trials_without_mixup(tmp_path: Path) -> Non
 
 def test_run_with_nothing_finished_still_renders(tmp_path: Path) -> None:
     run = write_synthetic_run(tmp_path / "run")
-    trials = pd.read_parquet(run / "trials.parquet")
+    trials = pd.read_parquet(run / TRIALS_FILE)
     trials.loc[trials["status"] == "finished", "status"] = "stopped"
-    trials.to_parquet(run / "trials.parquet")
+    trials.to_parquet(run / TRIALS_FILE)
     page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
     assert "No trial finished" in page
     assert page.count('<div class="clp-figure">') == _figure_count(page)
@@ -229,16 +134,32 @@ def test_minimal_run_directory_renders(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     pd.DataFrame({"trial_id": ["a", "a", "b"], "epoch": [1, 2, 1], "val_acc": [0.3, 0.5, 0.2]}).to_parquet(
-        run / "trajectories.parquet"
+        run / TRAJECTORIES_FILE
     )
     trials = {"trial_id": ["a", "b"], "status": ["finished", "stopped"], "error": [None, None], "epochs": [2, 1]}
     trials.update(val_acc=[0.5, 0.2], best_val_acc=[0.5, 0.2], test_acc=[0.45, np.nan])
-    pd.DataFrame(trials).to_parquet(run / "trials.parquet")
+    pd.DataFrame(trials).to_parquet(run / TRIALS_FILE)
     page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
     assert "The run directory has no spec.yaml." in page
     assert "searches no parameter" in page
     assert "Epochs spent: 3 of the 4" in page
     assert page.count('<div class="clp-figure">') == _figure_count(page) == 1
+
+
+def test_spec_that_does_not_validate_still_renders(tmp_path: Path) -> None:
+    """An older run's spec.yaml that the current parser rejects: its text is shown, with why, and the
+    searched-parameter sections say they need a valid spec; the other sections render from the tables."""
+    run = write_synthetic_run(tmp_path / "run")
+    spec = (run / SPEC_FILE).read_text()
+    (run / SPEC_FILE).write_text(spec.replace("num_samples: 12\n", "retired_key: 1\n"))
+    page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
+    params = _section(page, "params")
+    assert "the searched-parameter sections need a valid spec" in params and "clp-figure" not in params
+    spec_section = _section(page, "spec")
+    assert "This spec does not validate" in spec_section and "retired_key: unknown key" in spec_section
+    assert "retired_key: 1" in spec_section and "&lt;script&gt;alert(&quot;spec&quot;)" in spec_section
+    assert "clp-figure" in _section(page, "mixup") and "Back-test on finished trials" in page
+    assert page.count('<div class="clp-figure">') == _figure_count(page) == 5  # curves, scatter, stops, mixup, stats
 
 
 def test_missing_tables_are_a_clear_error(tmp_path: Path) -> None:
@@ -285,12 +206,16 @@ def test_setting_label_normalises_parquet_types() -> None:
 
 
 def test_searched_params_reads_spec_forms() -> None:
-    params = searched_params(
-        {"params": {"lr": {"loguniform": [1e-3, 1e-1]}, "width": {"int": {"low": 8, "high": 64}},
-                    "drop": {"uniform": [0, 0.5]}, "opt": {"choice": ["sgd", "adamw"]}, "epochs": 10}}
+    spec = yaml.safe_load(SPEC_TEXT)
+    spec["params"].update(
+        lr={"loguniform": [1e-3, 1e-1]}, batch_size={"int": [8, 64]}, dropout={"uniform": [0, 0.5]},
+        optimizer={"choice": ["sgd", "adamw"]}, momentum=0.9, seed={"grid": [0, 1]},
     )  # fmt: skip
-    assert set(params) == {"lr", "width", "drop", "opt"}
-    assert params["lr"].log and params["width"].high == 64 and params["opt"].choices == ("sgd", "adamw")
+    spec["searcher"] = "random"  # a grid needs the random searcher
+    params = searched_params(parse_spec(spec))
+    assert set(params) == {"lr", "batch_size", "dropout", "optimizer", "mixup_off", "seed"}
+    assert params["lr"].log and params["batch_size"].high == 64 and params["optimizer"].choices == ("sgd", "adamw")
+    assert not params["dropout"].log and params["seed"].choices == (0, 1)  # a grid counts as categorical
 
 
 def test_decisions_near_picks_the_nearest_epoch() -> None:
@@ -309,8 +234,8 @@ def _section(page: str, anchor: str) -> str:
 def test_curves_mark_the_trajectory_schedulers_detector(tmp_path: Path) -> None:
     """The spec's scheduler.detector is marked, not acc50, though both detectors' epochs are recorded."""
     run = write_synthetic_run(tmp_path / "run")
-    spec = (run / "spec.yaml").read_text()
-    (run / "spec.yaml").write_text(
+    spec = (run / SPEC_FILE).read_text()
+    (run / SPEC_FILE).write_text(
         spec.replace("scheduler: trajectory", "scheduler: {type: trajectory, detector: layer_rotation}")
     )
     (mark,) = load_run(run).detector_marks()
@@ -322,7 +247,8 @@ def test_curves_mark_the_trajectory_schedulers_detector(tmp_path: Path) -> None:
 
 
 def test_curves_mark_the_trajectory_schedulers_default_detector(tmp_path: Path) -> None:
-    """Without scheduler.detector the scheduler's own default is marked (read off its signature, as the report does)."""
+    """Without scheduler.detector the scheduler's own default is marked: the vocabulary's default, which the
+    report reads, must be the one TrajectoryScheduler really uses (read off its signature here)."""
     run = write_synthetic_run(tmp_path / "run")  # scheduler: trajectory, no detector given
     default = inspect.signature(TrajectoryScheduler).parameters["detector"].default
     (mark,) = load_run(run).detector_marks()
@@ -337,11 +263,11 @@ def test_curves_mark_the_mixup_window_detector_on_its_trials_only(tmp_path: Path
     """Under FIFO only an auto:<detector> Mixup-off window makes a detector matter, and only for those trials; one
     whose epochs the run did not record (no cp_end_fisher_peak column here) is named as not marked."""
     run = write_synthetic_run(tmp_path / "run", scheduler="fifo")
-    trials = pd.read_parquet(run / "trials.parquet")
+    trials = pd.read_parquet(run / TRIALS_FILE)
     trials["config/mixup_off"] = trials["config/mixup_off"].astype(str)
     trials.loc[trials["trial_id"].isin(["t00", "t01", "t02"]), "config/mixup_off"] = "auto:layer_rotation"
     trials.loc[trials["trial_id"] == "t05", "config/mixup_off"] = "auto:fisher_peak"
-    trials.to_parquet(run / "trials.parquet")
+    trials.to_parquet(run / TRIALS_FILE)
     fisher, rotation = load_run(run).detector_marks()
     assert (fisher.detector, rotation.detector) == ("fisher_peak", "layer_rotation")
     assert sorted(rotation.epochs.index) == ["t00", "t01", "t02"] and (rotation.epochs == 4.0).all()
@@ -360,10 +286,10 @@ def _backtest_cells(page: str) -> list[list[str]]:
 
 def test_backtest_and_calibration_need_enough_finished_trials(tmp_path: Path) -> None:
     run = write_synthetic_run(tmp_path / "run")
-    trials = pd.read_parquet(run / "trials.parquet")
+    trials = pd.read_parquet(run / TRIALS_FILE)
     finished = trials.index[trials["status"] == "finished"]
     trials.loc[finished[MIN_TRIALS_FOR_BACKTEST - 1 :], "status"] = "stopped"
-    trials.to_parquet(run / "trials.parquet")
+    trials.to_parquet(run / TRIALS_FILE)
     page = write_report(run, tmp_path / "few").read_text(encoding="utf-8")
     too_few = f"too few finished trials ({MIN_TRIALS_FOR_BACKTEST - 1}; at least {MIN_TRIALS_FOR_BACKTEST} needed)"
     rows = _backtest_cells(page)
@@ -373,7 +299,7 @@ def test_backtest_and_calibration_need_enough_finished_trials(tmp_path: Path) ->
     assert '"name":"finished trial"' not in _section(page, "scheduler")  # no calibration scatter
 
     trials.loc[finished[MIN_TRIALS_FOR_BACKTEST - 1], "status"] = "finished"
-    trials.to_parquet(run / "trials.parquet")
+    trials.to_parquet(run / TRIALS_FILE)
     page = write_report(run, tmp_path / "enough").read_text(encoding="utf-8")
     for row in _backtest_cells(page):
         assert row[1] == str(MIN_TRIALS_FOR_BACKTEST) and -1 <= float(row[3]) <= 1 and float(row[4]) >= 0
@@ -383,10 +309,10 @@ def test_backtest_and_calibration_need_enough_finished_trials(tmp_path: Path) ->
 def test_predicted_intervals_stay_within_zero_and_one(tmp_path: Path) -> None:
     """pred_mean ± pred_std is drawn with its ends clipped to [0, 1]: asymmetric bars near the bounds."""
     run = write_synthetic_run(tmp_path / "run")
-    decisions = pd.read_parquet(run / "decisions.parquet")
+    decisions = pd.read_parquet(run / DECISIONS_FILE)
     high = decisions["trial_id"] <= "t03"  # the calibration scatter and the stopped trials t03 and t07
     decisions["pred_mean"], decisions["pred_std"] = np.where(high, 0.95, 0.1), 0.2
-    decisions.to_parquet(run / "decisions.parquet")
+    decisions.to_parquet(run / DECISIONS_FILE)
     section = _section(write_report(run, tmp_path / "out").read_text(encoding="utf-8"), "scheduler")
     bars = [json.loads(match) for match in re.findall(r'"error_y":(\{"array"[^{}]*\})', section)]
     assert len(bars) == 2  # calibration scatter, stopped trials

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_spec
+from conftest import ARTIFACTS, assert_report_renders, tiny_spec
 
 from clp_tune.search import run_search
 from clp_tune.spec import parse_spec
@@ -60,7 +60,6 @@ def test_report_is_written_offline(fifo_run) -> None:
 
 def test_real_report_renders_in_chromium(fifo_run) -> None:
     """The report of this real run draws every chart in headless Chromium with a clean console."""
-    from test_report_browser import ARTIFACTS, assert_report_renders
 
     assert_report_renders(fifo_run.report_dir / "index.html", ARTIFACTS / "report-real-run.png")
 
