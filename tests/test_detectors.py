@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from clp_tune.trial.detectors import (
-    DETECTOR_INPUT,
     DETECTORS,
     _percentile,
     acc50,
@@ -138,17 +137,7 @@ def test_acc50_fires_at_the_first_epoch_reaching_the_threshold():
     assert_online(acc50, series, 10)
 
 
-# ------------------------------------------------------------------ registry
-
-
-def test_registry_and_inputs_match():
-    assert set(DETECTORS) == {"layer_rotation", "grad_cosine_distance", "fisher_peak", "acc50"}
-    assert DETECTOR_INPUT == {
-        "layer_rotation": "layer_rotation",
-        "grad_cosine_distance": "grad_cosine_distance",
-        "fisher_peak": "fisher_trace",
-        "acc50": "train_acc",
-    }
+# ------------------------------------------------------------------ all detectors
 
 
 def test_detect_all_runs_only_detectors_whose_column_is_present():

@@ -1,10 +1,11 @@
 """The training recipe itself, run directly on tiny real data (no Ray): every model drops its features once, loss
 falls, Mixup obeys its window without shifting the data order, divergence ends the trial cleanly, and a checkpointed
-trial resumes exactly where it stopped."""
+trial resumes exactly where it stopped, bit for bit."""
 
 from __future__ import annotations
 
 import copy
+import io
 import math
 from typing import Any
 
@@ -13,11 +14,12 @@ import torch
 from conftest import tiny_spec
 from torch import nn
 
-import clp_tune.trial.trainable as trainable
+import clp_tune.trial.recipe as recipe
 from clp_tune.spec import parse_spec
 from clp_tune.trial.data import load_dataset
 from clp_tune.trial.mixup import forward_and_loss
 from clp_tune.trial.model import MixPoint, build_model
+from clp_tune.vocabulary import STATISTIC_GROUPS
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def config(**params: Any) -> dict[str, Any]:
 def train(cfg: dict[str, Any], splits, state=None) -> tuple[list[dict], list[dict]]:
     rows, states = [], []
     # deep copies: a state dict holds references to the live weights, as torch.save would snapshot them
-    trainable.run_trial(cfg, lambda row, st: (rows.append(row), states.append(copy.deepcopy(st))), state=state,
+    recipe.run_trial(cfg, lambda row, st: (rows.append(row), states.append(copy.deepcopy(st))), state=state,
                         splits=splits)  # fmt: skip
     return rows, states
 
@@ -71,6 +73,15 @@ def test_every_model_drops_the_head_input_once_at_rate_p(name: str, shape: tuple
     assert len(dropouts) == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "shape", "needs"),
+    [("cnn1d", (1, 8, 8), "1-D inputs"), ("convnet", (40,), "image inputs"), ("resnet18", (40,), "image inputs")],
+)
+def test_a_model_refuses_inputs_of_the_wrong_rank(name: str, shape: tuple[int, ...], needs: str) -> None:
+    with pytest.raises(ValueError, match=needs):
+        build_model(name, shape, 10)
+
+
 def test_loss_falls_and_rows_have_the_reported_keys(digits) -> None:
     rows, _ = train(config(), digits)
     assert [r["epoch"] for r in rows] == list(range(1, 7))
@@ -85,13 +96,13 @@ def test_loss_falls_and_rows_have_the_reported_keys(digits) -> None:
 
 def test_mixup_is_off_inside_the_window_and_on_after(digits, monkeypatch) -> None:
     mixed_per_epoch: list[list[bool]] = [[]]
-    real = trainable.forward_and_loss
+    real = recipe.forward_and_loss
 
     def spy(model, x, y, mix):
         mixed_per_epoch[-1].append(mix is not None)
         return real(model, x, y, mix)
 
-    monkeypatch.setattr(trainable, "forward_and_loss", spy)
+    monkeypatch.setattr(recipe, "forward_and_loss", spy)
     rows: list[dict] = []
 
     def report(row, state):
@@ -99,8 +110,9 @@ def test_mixup_is_off_inside_the_window_and_on_after(digits, monkeypatch) -> Non
         mixed_per_epoch.append([])
 
     cfg = config(mixup_alpha=1.0, mixup_off=2, epochs=5)
-    trainable.run_trial(cfg, report, splits=digits)
+    recipe.run_trial(cfg, report, splits=digits)
     per_epoch = mixed_per_epoch[:5]
+    assert all(per_epoch), "every epoch must train minibatches"
     assert all(not any(batches) for batches in per_epoch[:2]), "Mixup must be off in epochs 1-2"
     assert all(all(batches) and batches for batches in per_epoch[2:]), "Mixup must be on from epoch 3"
     assert [r["mixup_alpha_used"] for r in rows] == [0.0, 0.0, 1.0, 1.0, 1.0]
@@ -123,8 +135,8 @@ def train_recording_batches(cfg: dict[str, Any], splits, monkeypatch: pytest.Mon
         states.append(copy.deepcopy(trial_state))
         batches.append([])
 
-    monkeypatch.setattr(trainable, "forward_and_loss", spy)
-    trainable.run_trial(cfg, report, state=state, splits=splits)
+    monkeypatch.setattr(recipe, "forward_and_loss", spy)
+    recipe.run_trial(cfg, report, state=state, splits=splits)
     return batches[:-1], states
 
 
@@ -139,6 +151,7 @@ def test_the_mixup_window_leaves_the_data_order_alone(digits, monkeypatch) -> No
     """Same seed, different Mixup-off windows: the headline comparison needs the same data in every epoch."""
     always, _ = train_recording_batches(config(mixup_alpha=0.4, mixup_off=0, epochs=4), digits, monkeypatch)
     paused, _ = train_recording_batches(config(mixup_alpha=0.4, mixup_off=2, epochs=4), digits, monkeypatch)
+    assert len(always) == 4 and all(always), "every epoch must train minibatches"
     assert all(mix is not None for epoch in always for _, mix in epoch)
     assert all((mix is None) == (epoch < 2) for epoch, batches in enumerate(paused) for _, mix in batches)
     assert_same_batches(always, paused)
@@ -181,6 +194,35 @@ def test_resume_from_checkpoint_state_continues_identically(digits) -> None:
     for a, b in zip(full[2:], resumed, strict=True):
         assert a["val_acc"] == b["val_acc"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["tse"] == pytest.approx(b["tse"], rel=1e-6)
+
+
+def test_a_checkpoint_saved_and_loaded_continues_bit_for_bit(digits) -> None:
+    """The TrialState snapshot through torch.save and torch.load, as train_trial stores it: the resumed epochs repeat
+    the uninterrupted run's rows exactly, with dropout, label noise, Mixup, high-loss removal and every statistic."""
+    cfg = config(dropout=0.2, label_noise=0.1, mixup_alpha=0.4, mixup_kind="manifold", mixup_off=1, high_loss_q=0.1,
+                 epochs=4) | {"statistics": ",".join(STATISTIC_GROUPS)}  # fmt: skip
+    rows: list[dict] = []
+    saved: list[bytes] = []
+
+    def report(row: dict[str, Any], state: dict[str, Any] | None) -> None:
+        rows.append(row)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # at once: the snapshot shares tensors with the live model
+        saved.append(buffer.getvalue())
+
+    recipe.run_trial(cfg, report, splits=digits)
+    state = torch.load(io.BytesIO(saved[1]), weights_only=False)  # as if killed after epoch 2
+    assert state["epoch"] == 2
+    full = rows[2:]
+    rows.clear()
+    recipe.run_trial(cfg, report, state=state, splits=digits)
+
+    def exact(row: dict[str, Any]) -> list[tuple[str, str]]:
+        """The row as (column, repr) pairs in order: equal only if every value is the same bits (NaN included)."""
+        return [(column, repr(value)) for column, value in row.items() if column != "epoch_seconds"]
+
+    assert [r["epoch"] for r in rows] == [3, 4]
+    assert [exact(r) for r in rows] == [exact(r) for r in full]
 
 
 def test_label_noise_flips_the_requested_fraction() -> None:

@@ -15,26 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASET_SHAPES: dict[str, tuple[int, ...]] = {
-    "mnist1d": (40,),
-    "digits": (1, 8, 8),
-    "fashionmnist": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-    "cifar100": (3, 32, 32),
-}
-VALIDATION_FRACTION = 0.1
-SPLIT_SEED = 12345
-# Training-split sizes after the validation split, known without loading anything, so a spec can be checked
-# against them (e.g. high_loss_q x batch_size): the full training sets (digits: load_digits()'s 1797 samples less
-# the 20 % test split _digits() holds out), less _carve_validation()'s rounded VALIDATION_FRACTION.
-_FULL_TRAIN_SIZES: dict[str, int] = {
-    "mnist1d": 4000,
-    "digits": 1797 - int(round(1797 * 0.2)),
-    "fashionmnist": 60000,
-    "cifar10": 50000,
-    "cifar100": 50000,
-}
-TRAIN_SIZES: dict[str, int] = {name: n - int(round(n * VALIDATION_FRACTION)) for name, n in _FULL_TRAIN_SIZES.items()}
+from clp_tune.vocabulary import DATASET_SHAPES, VALIDATION_FRACTION
+from clp_tune.vocabulary import TRAIN_SIZES as TRAIN_SIZES  # re-exported for importers older than vocabulary
+
+SPLIT_SEED = 12345  # the held-out splits are the same samples for every trial of every search
+#: The datasets torchvision serves, by their class in ``torchvision.datasets``.
+_TORCHVISION_CLASSES = {"fashionmnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 
 
 @dataclass(frozen=True)
@@ -97,7 +83,7 @@ def _digits() -> Splits:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]
     order = np.random.default_rng(SPLIT_SEED + 1).permutation(len(x))
-    n_test = int(round(len(x) * 0.2))
+    n_test = int(round(len(x) * 0.2))  # vocabulary.TRAIN_SIZES counts on this 20 % test split
     test, train = order[:n_test], order[n_test:]
     return _carve_validation(x[train], digits.target[train], x[test], digits.target[test], 10)
 
@@ -105,8 +91,7 @@ def _digits() -> Splits:
 def _torchvision(name: str) -> Splits:
     import torchvision
 
-    classes = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}
-    dataset_class = classes.get(name, torchvision.datasets.FashionMNIST)
+    dataset_class = getattr(torchvision.datasets, _TORCHVISION_CLASSES[name])
     root = cache_dir() / name
     try:
         train = dataset_class(str(root), train=True, download=True)
@@ -135,6 +120,8 @@ def load_dataset(name: str) -> Splits:
         return _mnist1d()
     if name == "digits":
         return _digits()
-    if name in DATASET_SHAPES:
+    if name in _TORCHVISION_CLASSES:
         return _torchvision(name)
+    if name in DATASET_SHAPES:
+        raise NotImplementedError(f"dataset {name!r} is in clp_tune.vocabulary but clp_tune.trial.data has no loader")
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_SHAPES)}")

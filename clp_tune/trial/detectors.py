@@ -19,6 +19,9 @@ import bisect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from clp_tune import vocabulary
+from clp_tune.vocabulary import DETECTOR_INPUT
+
 Detector = Callable[[Sequence[float], int], "int | None"]
 
 
@@ -104,18 +107,17 @@ def acc50(series: Sequence[float], budget: int, *, threshold: float = 0.5) -> in
     return next((epoch for epoch, value in _finite(series) if value >= threshold), None)
 
 
+#: The rules under clp_tune.vocabulary's detector names (in its order: the trial's columns follow it).
 DETECTORS: dict[str, Detector] = {
     "layer_rotation": layer_rotation,
     "grad_cosine_distance": grad_cosine_distance,
     "fisher_peak": fisher_peak,
     "acc50": acc50,
 }
-DETECTOR_INPUT: dict[str, str] = {
-    "layer_rotation": "layer_rotation",
-    "grad_cosine_distance": "grad_cosine_distance",
-    "fisher_peak": "fisher_trace",
-    "acc50": "train_acc",
-}
+if tuple(DETECTORS) != vocabulary.DETECTORS:
+    raise RuntimeError(
+        f"detector rules {tuple(DETECTORS)} do not match clp_tune.vocabulary.DETECTORS {vocabulary.DETECTORS}"
+    )
 
 
 def detect_all(series_by_column: Mapping[str, Sequence[float]], budget: int) -> dict[str, int | None]:

@@ -19,7 +19,10 @@ import torch
 import torchvision
 from torch import nn
 
-MODELS = ("cnn1d", "mlp", "convnet", "resnet18")
+from clp_tune.vocabulary import MODEL_INPUT_RANK, MODELS
+
+#: How an input rank is named in errors.
+_RANK_NAMES = {1: "1-D inputs (L,)", 3: "image inputs (C, H, W)"}
 
 
 @dataclass
@@ -76,7 +79,7 @@ class DenseBlock(nn.Module):
 
 def _cnn1d(input_shape: tuple[int, ...], num_classes: int, dropout: float, width: int = 64) -> BlockNet:
     """The mnist1d reference CNN (three strided 1-D convolutions), wider: 64 channels reach its 94 % in 100 epochs."""
-    (length,) = input_shape[-1:]
+    (length,) = input_shape
     blocks: list[nn.Module] = [
         nn.Sequential(nn.Unflatten(1, (1, length)), nn.Conv1d(1, width, 5, stride=2, padding=1), nn.ReLU()),
         nn.Sequential(nn.Conv1d(width, width, 3, stride=2, padding=1), nn.ReLU()),
@@ -120,12 +123,15 @@ def _resnet18(input_shape: tuple[int, ...], num_classes: int, dropout: float) ->
 
 
 _BUILDERS = {"cnn1d": _cnn1d, "mlp": _mlp, "convnet": _convnet, "resnet18": _resnet18}
+if tuple(_BUILDERS) != MODELS:
+    raise RuntimeError(f"model builders {tuple(_BUILDERS)} do not match clp_tune.vocabulary.MODELS {MODELS}")
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0) -> BlockNet:
     """Build model ``name`` for inputs of ``input_shape`` (without the batch dimension)."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
-    if name in ("convnet", "resnet18") and len(input_shape) != 3:
-        raise ValueError(f"model {name!r} needs image inputs (C, H, W), got shape {input_shape}")
+    rank = MODEL_INPUT_RANK[name]
+    if rank is not None and len(input_shape) != rank:
+        raise ValueError(f"model {name!r} needs {_RANK_NAMES[rank]}, got shape {input_shape}")
     return _BUILDERS[name](tuple(input_shape), num_classes, dropout)

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from clp_tune.trial.model import BlockNet, DenseBlock
+from clp_tune.vocabulary import PRETRAIN_MODES, PRETRAIN_NOISES
 
-PRETRAIN_MODES = ("none", "stacked", "gradual")
-NOISE_KINDS = ("mask", "gaussian")
+_LAYERWISE_MODES = tuple(mode for mode in PRETRAIN_MODES if mode != "none")
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,12 @@ class DAESettings:
     lr: float
 
     def __post_init__(self) -> None:
-        if self.mode not in ("stacked", "gradual"):
-            raise ValueError(f"layer-wise pretraining mode must be 'stacked' or 'gradual', got {self.mode!r}")
-        if self.noise not in NOISE_KINDS:
-            raise ValueError(f"unknown pretrain noise {self.noise!r}; expected one of {', '.join(NOISE_KINDS)}")
+        if self.mode not in _LAYERWISE_MODES:
+            raise ValueError(
+                f"layer-wise pretraining mode must be one of {', '.join(_LAYERWISE_MODES)}, got {self.mode!r}"
+            )
+        if self.noise not in PRETRAIN_NOISES:
+            raise ValueError(f"unknown pretrain noise {self.noise!r}; expected one of {', '.join(PRETRAIN_NOISES)}")
         if self.noise == "mask" and not 0.0 <= self.noise_level < 1.0:
             raise ValueError(f"mask noise level is a drop probability in [0, 1), got {self.noise_level}")
         if self.noise == "gaussian" and self.noise_level < 0.0:

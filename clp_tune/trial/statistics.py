@@ -33,30 +33,10 @@ from torch import Tensor
 
 from clp_tune.trial.model import BlockNet
 from clp_tune.trial.probe_gradients import LayerCapture, factorable, factored_statistics, functional_statistics
+from clp_tune.vocabulary import GROUP_COLUMNS as GROUP_COLUMNS  # re-exported for importers older than vocabulary
+from clp_tune.vocabulary import STATISTIC_GROUPS
 
-STATISTIC_GROUPS = (
-    "grad_norm",
-    "grad_noise",
-    "grad_cosine_distance",
-    "layer_rotation",
-    "weight_distance",
-    "fisher_trace",
-    "activation_distance",
-    "tse",
-    "trajectory_complexity",
-)
-GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
-    "grad_norm": ("grad_norm",),
-    "grad_noise": ("grad_noise", "grad_noise_ratio"),
-    "grad_cosine_distance": ("grad_cosine_distance",),
-    "layer_rotation": ("layer_rotation",),
-    "weight_distance": ("weight_distance", "path_length"),
-    "fisher_trace": ("fisher_trace",),
-    "activation_distance": ("activation_distance",),
-    "tse": ("tse",),
-    "trajectory_complexity": ("trajectory_complexity",),
-}
-PROBE_SIZE = 64
+PROBE_SIZE = 64  # the probe statistics' cost grows linearly with the probe set
 PROBE_BATCHES = 4
 
 _STEP_GROUPS = frozenset({"grad_norm", "grad_noise", "trajectory_complexity"})
