@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from clp_tune.spec import Spec, SpecError, load_spec, param_space
+from clp_tune.stopping.factory import build_scheduler
 from clp_tune.trial.trainable import train_trial
 from clp_tune.vocabulary import REPORT_DIR, SPEC_FILE, TRIALS_FILE
 
@@ -163,33 +164,13 @@ def make_searcher(spec: Spec):
     return BasicVariantGenerator(random_state=spec.search_seed, max_concurrent=spec.max_concurrent_trials)
 
 
-def stock_scheduler_args(kind: str, budget: int, grace_period: int | None = None, reduction_factor: float = 3.0):
-    """Arguments of Ray's ASHA (``asha``) or median stopping rule (``median``) with this product's settings:
-    epochs (not Ray iterations) are the time axis, and the grace period defaults to a tenth of the budget."""
-    grace = grace_period or max(1, budget // 10)
-    if kind == "asha":
-        return {"time_attr": "epoch", "max_t": budget, "grace_period": grace, "reduction_factor": reduction_factor}
-    return {"time_attr": "epoch", "grace_period": grace, "min_samples_required": 3}
-
-
-def stock_scheduler(kind: str, budget: int, grace_period: int | None = None, reduction_factor: float = 3.0):
-    """Ray's FIFO (no stopping), ASHA or median stopping rule, as :func:`stock_scheduler_args` sets them up."""
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
-
-    if kind == "fifo":
-        return FIFOScheduler()
-    scheduler = AsyncHyperBandScheduler if kind == "asha" else MedianStoppingRule
-    return scheduler(**stock_scheduler_args(kind, budget, grace_period, reduction_factor))
-
-
 def make_scheduler(spec: Spec, run_dir: Path):
-    """The trial scheduler named in the spec."""
+    """The trial scheduler named in the spec (:func:`~clp_tune.stopping.factory.build_scheduler` builds them all)."""
     options = spec.scheduler
-    if options.type == "trajectory":
-        from clp_tune.stopping.scheduler import TrajectoryScheduler
-
-        return TrajectoryScheduler(budget=spec.epochs, state_dir=str(run_dir), **options.trajectory_options())
-    return stock_scheduler(options.type, spec.epochs, options.grace_period, options.reduction_factor)
+    return build_scheduler(
+        options.type, spec.epochs, state_dir=run_dir, grace_period=options.grace_period,
+        reduction_factor=options.reduction_factor, trajectory_options=options.trajectory_options(),
+    )  # fmt: skip
 
 
 def trainable_for(spec: Spec):

@@ -32,14 +32,18 @@ _RAY_COLUMNS = (
 )  # fmt: skip
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` as Parquet atomically (temp file, then rename), so readers never see half a file."""
+def write_table(frame: pd.DataFrame, path: Path, compression: str = "snappy") -> None:
+    """Write ``frame`` as Parquet atomically (temp file, then rename), so readers never see half a file.
+
+    ``compression="zstd"`` is for files shipped with the package (smaller, slower to write)."""
     frame = frame.copy()
     for column in frame.columns:
         if frame[column].dtype == object or str(frame[column].dtype).startswith("str"):
             frame[column] = frame[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    level = 19 if compression == "zstd" else None
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, compression=compression,
+                   compression_level=level)  # fmt: skip
     os.replace(tmp, path)
 
 
@@ -81,7 +85,7 @@ def collect(run_dir: str | Path, state_dir: str | Path | None = None) -> tuple[p
     """
     from ray.tune import ExperimentAnalysis
 
-    from clp_tune.stopping.scheduler import stopped_outcomes
+    from clp_tune.stopping.persistence import stopped_outcomes
 
     analysis = ExperimentAnalysis(str(run_dir))
     scheduler_outcomes = stopped_outcomes(state_dir or run_dir)

@@ -8,17 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from clp_tune.bench.replay import (
-    SCHEDULERS,
-    _regret_within,
-    _targets,
-    _timeline_metrics,
-    run_scheduler_benchmark,
-)
+from clp_tune.bench.replay import _regret_within, _targets, _timeline_metrics, run_scheduler_benchmark
 from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.cli import main
 from clp_tune.stopping.bank_library import load_bank
-from clp_tune.stopping.predictor import trajectories_from_frame
+from clp_tune.stopping.features import trajectories_from_frame
+from clp_tune.vocabulary import SCHEDULER_TYPES
 
 
 def test_timeline_metrics() -> None:
@@ -53,10 +48,10 @@ def test_benchmark_on_a_tiny_bank_through_ray(ray_local, tmp_path: Path, capsys)
     out = tmp_path / "bench.json"
     result = run_scheduler_benchmark(str(bank_path), repetitions=1, out_json=str(out), folds=2)
     table = capsys.readouterr().out
-    assert all(name in table for name in SCHEDULERS) and "Spearman" in table
+    assert all(name in table for name in SCHEDULER_TYPES) and "Spearman" in table
     saved = json.loads(out.read_text())
     assert saved["trials"] == 8 and saved["budget"] == 6 and saved["repetitions"] == 1
-    for name in SCHEDULERS:
+    for name in SCHEDULER_TYPES:
         s = saved["schedulers"][name]
         for key in ("total_epochs", "epoch_ratio", "best_final", "regret_points", "regret_points_max",
                     "epochs_to_near_best", "regret_at_asha_budget", "regret_at_2x_asha_budget", "seconds"):  # fmt: skip

@@ -17,15 +17,11 @@ from ray.tune.schedulers import TrialScheduler
 from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.search import run_search
 from clp_tune.spec import parse_spec
+from clp_tune.stopping.bank_library import SHIPPED_BANK
+from clp_tune.stopping.persistence import stopped_outcomes
 from clp_tune.stopping.predictor import FinalAccuracyPredictor
-from clp_tune.stopping.scheduler import (
-    DECISIONS_FILE,
-    JOURNAL_FILE,
-    SHIPPED_BANK,
-    STATE_FILE,
-    TrajectoryScheduler,
-    stopped_outcomes,
-)
+from clp_tune.stopping.scheduler import TrajectoryScheduler
+from clp_tune.vocabulary import DECISIONS_FILE, SCHEDULER_JOURNAL_FILE, SCHEDULER_STATE_FILE
 
 BUDGET = 20
 
@@ -132,7 +128,7 @@ def test_late_bloomer_under_high_dropout_is_not_stopped(fitted_predictor, defaul
     assert rows[3]["val_acc"] < 0.5 < 0.78
     actions = run_trial(scheduler, FakeTrial("bloomer", config(dropout=0.5)), rows)
     assert TrialScheduler.STOP not in actions and len(actions) == BUDGET
-    assert scheduler._trials["bloomer"].status == "finished"
+    assert scheduler._state.trials["bloomer"].status == "finished"
 
 
 def test_diverged_trials_stop_at_once(fitted_predictor) -> None:
@@ -145,7 +141,7 @@ def test_diverged_trials_stop_at_once(fitted_predictor) -> None:
     assert run_trial(scheduler, FakeTrial("exploding", config()), exploding) == [TrialScheduler.CONTINUE, "STOP"]
     reasons = scheduler.decisions_frame().set_index("trial_id")["reason"]
     assert all(reasons[t].startswith("diverged") for t in ("nan", "flagged"))
-    assert {s.status for s in scheduler._trials.values()} == {"diverged"}
+    assert {s.status for s in scheduler._state.trials.values()} == {"diverged"}
 
 
 def test_stopped_outcomes_are_the_schedulers_judgement(fitted_predictor, tmp_path: Path) -> None:
@@ -160,13 +156,13 @@ def test_stopped_outcomes_are_the_schedulers_judgement(fitted_predictor, tmp_pat
     run_trial(scheduler, FakeTrial("nan", config()), nan_loss)
     run_trial(scheduler, FakeTrial("hopeless", config()), curve(0.2, 0.05))
     assert stopped_outcomes(tmp_path) == {"exploding": "diverged", "nan": "diverged", "hopeless": "stopped"}
-    assert {scheduler._trials[t].status for t in ("exploding", "nan")} == {"diverged"}
+    assert {scheduler._state.trials[t].status for t in ("exploding", "nan")} == {"diverged"}
 
     trial = FakeTrial("crashed", config())
     scheduler.on_trial_add(None, trial)
     for row in exploding:
         scheduler.on_trial_result(None, trial, dict(row))
-    assert json.loads((tmp_path / JOURNAL_FILE).read_text().splitlines()[-1])["decision"]["action"] == "stop"
+    assert json.loads((tmp_path / SCHEDULER_JOURNAL_FILE).read_text().splitlines()[-1])["decision"]["action"] == "stop"
     assert stopped_outcomes(tmp_path)["crashed"] == "diverged"
     assert stopped_outcomes(tmp_path / "no-state") == {}
 
@@ -185,7 +181,7 @@ def test_store_takes_the_schedulers_divergence_on_a_real_run(ray_local, tmp_path
     assert rows["train_loss"].iloc[-1] > 3 * rows["train_loss"].iloc[0]
     trials = pd.read_parquet(paths.run_dir / "trials.parquet")
     assert trials["status"].tolist() == ["diverged"]
-    state = json.loads((paths.run_dir / STATE_FILE).read_text())
+    state = json.loads((paths.run_dir / SCHEDULER_STATE_FILE).read_text())
     assert [s["status"] for s in state["trials"].values()] == ["diverged"]
     assert "0 finished, 0 stopped, 1 diverged" in (paths.report_dir / "index.html").read_text()
 
@@ -244,15 +240,15 @@ def test_state_survives_restore(fitted_predictor, tmp_path: Path) -> None:
     first.on_trial_add(None, FakeTrial(trial_id, cfg))
     for row in rows[:3]:
         first.on_trial_result(None, FakeTrial(trial_id, cfg), dict(row))
-    assert (tmp_path / "a" / STATE_FILE).is_file() and (tmp_path / "a" / JOURNAL_FILE).is_file()
-    with open(tmp_path / "a" / JOURNAL_FILE, "a") as f:
+    assert (tmp_path / "a" / SCHEDULER_STATE_FILE).is_file() and (tmp_path / "a" / SCHEDULER_JOURNAL_FILE).is_file()
+    with open(tmp_path / "a" / SCHEDULER_JOURNAL_FILE, "a") as f:
         f.write('{"trial_id": "t5", "torn')  # a crash mid-line
 
     for resumed in (
         make_scheduler(fitted_predictor, tmp_path / "a", snapshot_every=4),
         pickle.loads(pickled_at_start),  # what Tuner.restore does
     ):
-        assert resumed._trials[trial_id].epochs == [1, 2, 3]
+        assert resumed._state.trials[trial_id].epochs == [1, 2, 3]
         # Ray resumes the trial from its last checkpoint: it may re-report an epoch
         actions = []
         resumed.on_trial_add(None, FakeTrial(trial_id, cfg))
@@ -276,8 +272,11 @@ def test_decisions_parquet_is_written(fitted_predictor, tmp_path: Path) -> None:
         "trial_id", "epoch", "pred_mean", "pred_std", "threshold", "p_beat", "action", "reason"
     ]  # fmt: skip
     assert set(decisions["action"]) <= {"continue", "stop"}
-    assert len(decisions) == sum(len(s.epochs) for s in scheduler._trials.values())
-    assert "3 finished" in scheduler.debug_string() or "finished" in scheduler.debug_string()
+    assert len(decisions) == sum(len(s.epochs) for s in scheduler._state.trials.values())
+    finals = sorted(s.final for s in scheduler._state.trials.values() if s.final is not None)
+    assert scheduler.debug_string() == (
+        f"TrajectoryScheduler (k=3, delta=0.05): 4 finished, 1 stopped; k-th best val_acc {finals[-3]:.4f}"
+    )
     assert not list(tmp_path.glob(".*tmp"))  # temp files renamed into place
 
 
@@ -291,7 +290,7 @@ def test_default_prior_only_for_its_dataset(tmp_path: Path) -> None:
     given = TrajectoryScheduler(budget=BUDGET, bank=str(tmp_path / "bank.parquet"))
     given.on_trial_add(None, FakeTrial("d", {**config(), "dataset": "digits"}))
     assert len(given.predictor._bank) == 10
-    if SHIPPED_BANK.is_file():
-        mnist = TrajectoryScheduler(budget=BUDGET)
-        mnist.on_trial_add(None, FakeTrial("m", {**config(), "dataset": "mnist1d"}))
-        assert len(mnist.predictor._bank) > 0
+    assert SHIPPED_BANK.is_file(), f"the shipped bank {SHIPPED_BANK} is missing"
+    mnist = TrajectoryScheduler(budget=BUDGET)
+    mnist.on_trial_add(None, FakeTrial("m", {**config(), "dataset": "mnist1d"}))
+    assert len(mnist.predictor._bank) > 0

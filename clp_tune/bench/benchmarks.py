@@ -29,7 +29,7 @@ def reference_config(epochs: int, statistics: str = "") -> dict[str, Any]:
 
 
 def _train(config: dict[str, Any], statistics_type: type[TrajectoryStatistics] = TrajectoryStatistics) -> list[dict]:
-    from clp_tune.trial.trainable import run_trial
+    from clp_tune.trial.recipe import run_trial
 
     rows: list[dict[str, Any]] = []
     run_trial(config, lambda row, state: rows.append(row), statistics_type=statistics_type)

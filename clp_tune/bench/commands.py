@@ -12,7 +12,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from clp_tune.stopping.bank_library import SHIPPED_BANK
 from clp_tune.vocabulary import DETECTORS, TRAJECTORY_OPTIONS
 
 
@@ -71,7 +70,12 @@ def add_bank_parser(commands: argparse._SubParsersAction) -> None:
     bank = commands.add_parser("bank", help="record a trajectory bank (the predictor's prior)")
     actions = bank.add_subparsers(dest="bank_action", required=True, metavar="ACTION")
     record = actions.add_parser("record", help="train sampled mnist1d configurations to the end and store them")
-    record.add_argument("--out", type=Path, default=SHIPPED_BANK)
+    record.add_argument(
+        "--task",
+        help="a task of the shipped suite (clp_tune.stopping.bank_library.SUITE): "
+        "records it again with its own dataset, model, optimizer, budget, trials and seed",
+    )
+    record.add_argument("--out", type=Path, help="where the bank goes (default: the task's shipped file)")
     record.add_argument("--trials", type=int, default=200)
     record.add_argument("--epochs", type=int, default=40)
     record.add_argument("--workers", type=int, default=os.cpu_count())

@@ -7,7 +7,7 @@ by epoch (with the trial's ``config/<key>`` columns, as a real result carries th
 Compared, per order of the trials (seeded shuffles) and then averaged:
 
 * no stopping (FIFO); ASHA (``AsyncHyperBandScheduler``: time_attr=epoch, max_t=T, grace_period=max(1, T//10),
-  reduction_factor=3 -- the product's settings, ``search.stock_scheduler``); the median stopping rule
+  reduction_factor=3 -- the product's settings, ``clp_tune.stopping.factory``); the median stopping rule
   (``MedianStoppingRule``: grace_period=max(1, T//10), min_samples_required=3); the trajectory scheduler;
 * total epochs (and the ratio to no stopping), best final val_acc among trials that ran their whole budget,
   regret to the bank's best final (points), epochs until a trial within 0.5 points of the best had finished;
@@ -24,7 +24,6 @@ Leave-bank-out: the predictor must never be fitted on the trial it judges. The b
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -38,46 +37,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
-from clp_tune.search import stock_scheduler, stock_scheduler_args
+from clp_tune.bench.crossfit import CrossFitPredictor, spearman_table
 from clp_tune.stopping.bank_library import SHIPPED_BANK, load_bank
-from clp_tune.stopping.predictor import (
-    FinalAccuracyPredictor,
-    History,
-    Prediction,
-    Trajectory,
-    curve_fit_prediction,
-    is_complete,
-    last_value_prediction,
-    trajectories_from_frame,
-)
-from clp_tune.stopping.scheduler import TrajectoryScheduler
+from clp_tune.stopping.factory import build_scheduler, stock_scheduler_args
+from clp_tune.stopping.features import Trajectory, is_complete, trajectories_from_frame
+from clp_tune.vocabulary import SCHEDULER_TYPES
 
-SCHEDULERS = ("fifo", "asha", "median", "trajectory")
-SPEARMAN_FRACTIONS = (0.1, 0.25, 0.5)
 NEAR_BEST = 0.005  # "within 0.5 points of the bank's best"
-
-
-class CrossFitPredictor:
-    """A predictor per fold of the bank's trials, each fitted without its fold; a trial goes to its own fold's.
-
-    The fold is looked up from the trial's ``trial_id`` config key (the replay's config). Trials of this search
-    that finish are learned by every fold's predictor, as a real search's predictor would learn them.
-    """
-
-    def __init__(self, bank: pd.DataFrame, folds: int = 5, **predictor_args: Any):
-        ids = list(dict.fromkeys(bank["trial_id"].astype(str)))
-        self.fold_of = {trial_id: i % folds for i, trial_id in enumerate(ids)}
-        fold = bank["trial_id"].astype(str).map(self.fold_of)
-        self.predictors = [FinalAccuracyPredictor(bank[fold != k], **predictor_args) for k in range(folds)]
-
-    def predict(self, history: History, config: Mapping[str, Any], budget: int) -> Prediction:
-        return self.predictors[self.fold_of[str(config["trial_id"])]].predict(history, config, budget)
-
-    def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None:
-        for predictor in self.predictors:
-            predictor.observe_finished(rows)
 
 
 def _replay_rows(bank: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
@@ -113,32 +80,6 @@ def make_replay_trainable() -> Callable[..., None]:
             tune.report(row)
 
     return replay
-
-
-def spearman_table(bank: pd.DataFrame, predictor: CrossFitPredictor) -> dict[str, dict[str, float]]:
-    """Spearman rank correlation of predicted vs true final val_acc over the bank's complete trials."""
-    complete = [t for t in trajectories_from_frame(bank) if is_complete(t)]
-    finals = [t.final for t in complete]
-    table: dict[str, dict[str, float]] = {"trajectory": {}, "last_value": {}, "curve_fit": {}}
-    for fraction in SPEARMAN_FRACTIONS:
-        guesses: dict[str, list[float]] = {name: [] for name in table}
-        for t in complete:
-            seen = t.upto(max(1, round(fraction * t.budget)))
-            guesses["trajectory"].append(predictor.predict(seen, t.config, t.budget).mean)
-            guesses["last_value"].append(last_value_prediction(seen))
-            guesses["curve_fit"].append(curve_fit_prediction(seen, t.budget))
-        for name, values in guesses.items():
-            rho = spearmanr(values, finals).statistic if len(finals) > 2 else math.nan
-            table[name][f"{fraction:g}"] = float(rho)
-    return table
-
-
-def _make_scheduler(name: str, budget: int, predictor: CrossFitPredictor, state_dir: Path, options: dict):
-    if name == "trajectory":
-        return TrajectoryScheduler(
-            budget=budget, predictor=copy.deepcopy(predictor), state_dir=str(state_dir), **options
-        )
-    return stock_scheduler(name, budget)
 
 
 @contextlib.contextmanager
@@ -181,12 +122,12 @@ def _replay_once(
         def on_trial_result(self, iteration, trials, trial, result, **info):
             reported[trial.config["trial_id"]] = int(result["epoch"])
 
+    scheduler = build_scheduler(name, budget, state_dir=run_dir, trajectory_options=options, predictor=predictor)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial_id": tune.grid_search(order)},
         tune_config=tune.TuneConfig(
-            metric="val_acc", mode="max", scheduler=_make_scheduler(name, budget, predictor, run_dir, options),
-            max_concurrent_trials=1, reuse_actors=True,
+            metric="val_acc", mode="max", scheduler=scheduler, max_concurrent_trials=1, reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=run_dir.name, storage_path=str(run_dir.parent), verbose=0,
@@ -305,7 +246,7 @@ def run_scheduler_benchmark(
     out_json: str | None = None,
     folds: int = 5,
     seed: int = 0,
-    schedulers: Sequence[str] = SCHEDULERS,
+    schedulers: Sequence[str] = SCHEDULER_TYPES,
     trajectory_options: dict[str, Any] | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -317,7 +258,7 @@ def run_scheduler_benchmark(
         out_json: where to write the results as JSON (None: not written).
         folds: cross-fitting folds for the predictor's prior (leave-bank-out).
         seed: seed of the first order.
-        schedulers: which of ``SCHEDULERS`` to replay (``asha`` is needed for the matched-budget regrets).
+        schedulers: which of ``SCHEDULER_TYPES`` to replay (``asha`` is needed for the matched-budget regrets).
         trajectory_options: extra TrajectoryScheduler arguments (k, delta, min_fraction, ...).
         quiet: do not print the table.
     """

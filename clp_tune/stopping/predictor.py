@@ -5,19 +5,17 @@ late (Shalova et al., arXiv 2404.12293), and a cosine schedule lifts every curve
 therefore a biased guess, and a scheduler that stops trials needs a *distribution* of the final value, not a
 point. Three ingredients, from cheapest to most informed:
 
-* a parametric learning-curve extrapolation: power-law, exponential and logarithmic shapes fitted to val_acc
-  against the fraction of the budget, weighted by how well each fits (always available, needs nothing else);
-* a prior learned on a trajectory bank (one row per trial-epoch, see :data:`BANK_DOC`): gradient-boosted trees
-  map features of the partial trajectory at budget fraction f (curve summaries, the extrapolation, training
-  curves, trajectory statistics, the hyperparameters that set the noise scale) to the gain still to come, and a
-  second model maps the same features to the size of its out-of-fold errors;
+* a parametric learning-curve extrapolation (:mod:`clp_tune.stopping.curves`): always available, needs nothing
+  else;
+* a prior learned on a trajectory bank (one row per trial-epoch, see :data:`~clp_tune.stopping.features.BANK_DOC`):
+  gradient-boosted trees map features of the partial trajectory at budget fraction f
+  (:mod:`clp_tune.stopping.features`) to the gain still to come, and a second model maps the same features to the
+  size of its out-of-fold errors;
 * online learning from the trials this search has finished: every finished trial is a fresh out-of-sample test
   of the current model at each fraction (bias and spread are recalibrated at once, shrunk towards none), and
   the trees are refitted with the search's own trials every few finished trials.
 
-Budgets may differ between the bank and the search, so everything is indexed by the fraction f = epoch / budget.
-Features that a trial does not report are not used for it: the model is fitted (and cached) for the set of
-feature columns the trial actually has, so a bank or a trial with val_acc curves only works too.
+The model is fitted (and cached) for the set of feature columns a trial actually has.
 """
 
 from __future__ import annotations
@@ -32,25 +30,20 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-BANK_DOC = """\
-One row per (trial, epoch): trial_id (str), epoch (int, 1..T), val_acc (required); optional val_loss, train_acc,
-train_loss, lr, statistic columns and config/<key> columns. Budget T = config/epochs if present, else max epoch."""
+from clp_tune.stopping.curves import curve_extrapolation
+from clp_tune.stopping.features import (
+    FEATURES,
+    FRACTIONS,
+    History,
+    Trajectory,
+    cut_epochs,
+    is_complete,
+    planned_epochs,
+    trajectories_from_frame,
+    trajectory_features,
+)
 
-STATISTIC_COLUMNS = (
-    "grad_norm", "grad_noise", "grad_noise_ratio", "grad_cosine_distance", "layer_rotation", "weight_distance",
-    "path_length", "fisher_trace", "activation_distance", "tse", "trajectory_complexity",
-)  # fmt: skip
-CURVE_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "lr")
-#: Columns of a trial's history that the predictor reads; everything else in a result is ignored.
-HISTORY_COLUMNS = CURVE_COLUMNS + STATISTIC_COLUMNS
-#: Budget fractions at which training examples are cut from each finished trajectory.
-FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
-MODELS = ("cnn1d", "mlp", "convnet", "resnet18")
 MIN_STD = 0.004  # one validation sample in a few hundred: below this a spread is false precision
-_SMOOTH = 3  # epochs averaged into the "current level" of a curve
-_SLOPE = 5  # epochs in the recent-slope window
-
-History = Mapping[str, Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -66,217 +59,6 @@ class Prediction:
 
     def quantile(self, q: float) -> float:
         return float(norm.ppf(q, loc=self.mean, scale=max(self.std, MIN_STD)))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Parametric learning-curve extrapolation
-# ---------------------------------------------------------------------------------------------------------------
-
-_POW_C = np.geomspace(0.1, 3.0, 9)
-_EXP_C = np.geomspace(0.5, 40.0, 9)
-
-
-def _best_linear_fit(basis: np.ndarray, y: np.ndarray, at_end: np.ndarray) -> tuple[float, float]:
-    """Least-squares y ~ a + b * basis[j] for every row j; returns (SSE, value at the budget end) of the best row."""
-    centered = basis - basis.mean(axis=1, keepdims=True)
-    yc = y - y.mean()
-    var = (centered**2).sum(axis=1)
-    b = np.divide(centered @ yc, var, out=np.zeros(len(basis)), where=var > 1e-12)
-    a = y.mean() - b * basis.mean(axis=1)
-    sse = ((y - a[:, None] - b[:, None] * basis) ** 2).sum(axis=1)
-    j = int(np.argmin(sse))
-    return float(sse[j]), float(a[j] + b[j] * at_end[j])
-
-
-def curve_extrapolation(val_acc: Sequence[float], budget: int) -> tuple[float, float]:
-    """Extrapolate a validation-accuracy curve to the end of its budget.
-
-    Fits y = a + b*x^-c (power law), y = a + b*exp(-c*x) (exponential, c on a grid) and y = a + b*log(x), with x
-    the fraction of the budget, and averages the three end values weighted by 1 / (mean squared error + noise
-    floor). Returns (extrapolated final accuracy, disagreement between the shapes). With fewer than three epochs
-    there is nothing to fit: the recent level is returned with zero disagreement.
-    """
-    y = np.asarray(val_acc, dtype=float)
-    t = len(y)
-    if t < 3:
-        return float(y[-_SMOOTH:].mean()), 0.0
-    x = np.arange(1, t + 1) / budget
-    fits = [
-        _best_linear_fit(x[None, :] ** -_POW_C[:, None], y, np.ones(len(_POW_C))),
-        _best_linear_fit(np.exp(-_EXP_C[:, None] * x[None, :]), y, np.exp(-_EXP_C)),
-        _best_linear_fit(np.log(x)[None, :], y, np.zeros(1)),
-    ]
-    sse = np.array([f[0] for f in fits])
-    ends = np.clip([f[1] for f in fits], 0.0, 1.0)
-    weights = 1.0 / (sse / t + 1e-4)
-    weights /= weights.sum()
-    mean = float(weights @ ends)
-    return mean, float(np.sqrt(weights @ (ends - mean) ** 2))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Features of a partial trajectory
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _finite(values: Sequence[float] | None) -> np.ndarray:
-    if values is None:
-        return np.empty(0)
-    a = np.asarray(values, dtype=float)
-    return a[np.isfinite(a)]
-
-
-def _slope(y: np.ndarray, budget: int) -> float:
-    """Least-squares slope of the last few values per unit of budget fraction (so budgets compare)."""
-    y = y[-_SLOPE:]
-    if len(y) < 2:
-        return 0.0
-    x = np.arange(len(y), dtype=float) - (len(y) - 1) / 2
-    return float((x @ y) / (x @ x) * budget)
-
-
-def _signed_log(v: float) -> float:
-    return math.copysign(math.log1p(abs(v)), v)
-
-
-def _config_value(config: Mapping[str, Any], key: str) -> Any:
-    if key in config:
-        return config[key]
-    return config.get(f"config/{key}")
-
-
-def _number(value: Any) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return out if math.isfinite(out) else math.nan
-
-
-def planned_epochs(config: Mapping[str, Any], default: int) -> int:
-    """A trial's budget: its ``epochs`` (or ``config/epochs``) key when positive, else ``default``."""
-    epochs = _number(_config_value(config, "epochs"))
-    return int(epochs) if epochs > 0 else default
-
-
-def _config_features(config: Mapping[str, Any]) -> dict[str, float]:
-    """Hyperparameters that set the noise scale and the regularization strength, on scales trees split well."""
-    lr, bs = _number(_config_value(config, "lr")), _number(_config_value(config, "batch_size"))
-    out = {
-        "log_lr": math.log10(lr) if lr > 0 else math.nan,
-        "log_batch_size": math.log2(bs) if bs > 0 else math.nan,
-        "log_noise_scale": math.log10(lr / bs) if lr > 0 and bs > 0 else math.nan,
-        "dropout": _number(_config_value(config, "dropout")),
-        "label_noise": _number(_config_value(config, "label_noise")),
-        "log_weight_decay": math.log10(_number(_config_value(config, "weight_decay")) + 1e-6),
-        "mixup_alpha": _number(_config_value(config, "mixup_alpha")),
-        "momentum": _number(_config_value(config, "momentum")),
-        "high_loss_q": _number(_config_value(config, "high_loss_q")),
-    }
-    for key, level in (("optimizer", "adamw"), ("lr_schedule", "cosine"), ("pretrain", "none")):
-        value = _config_value(config, key)
-        out[f"{key}_is_{level}"] = math.nan if value is None else float(str(value) == level)
-    model = _config_value(config, "model")
-    for name in MODELS:
-        out[f"model_is_{name}"] = math.nan if model is None else float(str(model) == name)
-    return out
-
-
-def trajectory_features(history: History, config: Mapping[str, Any], budget: int) -> dict[str, float]:
-    """Features of a trajectory observed up to epoch t = len(history["val_acc"]); NaN where a column is absent."""
-    val = np.asarray(history["val_acc"], dtype=float)
-    val = np.where(np.isfinite(val), val, 0.0)
-    t = len(val)
-    level = float(val[-_SMOOTH:].mean())
-    extrapolated, disagreement = curve_extrapolation(val, budget)
-    f: dict[str, float] = {
-        "fraction": t / budget,
-        "val_acc_last": float(val[-1]),
-        "val_acc_level": level,
-        "val_acc_max": float(val.max()),
-        "val_acc_slope": _slope(val, budget),
-        "val_acc_jitter": float(np.std(np.diff(val[-_SLOPE - 1 :]))) if t > 2 else 0.0,
-        "curve_extrapolation": extrapolated,
-        "curve_gain": extrapolated - level,
-        "curve_disagreement": disagreement,
-    }
-    val_loss = _finite(history.get("val_loss"))
-    train_acc = _finite(history.get("train_acc"))
-    train_loss = _finite(history.get("train_loss"))
-    lr = _finite(history.get("lr"))
-    f["val_loss_last"] = float(val_loss[-_SMOOTH:].mean()) if len(val_loss) else math.nan
-    f["val_loss_rise"] = float(val_loss[-1] - val_loss.min()) if len(val_loss) else math.nan
-    f["val_loss_slope"] = _slope(val_loss, budget) if len(val_loss) else math.nan
-    f["train_acc_last"] = float(train_acc[-_SMOOTH:].mean()) if len(train_acc) else math.nan
-    f["generalization_gap"] = f["train_acc_last"] - level
-    f["train_acc_slope"] = _slope(train_acc, budget) if len(train_acc) else math.nan
-    f["train_loss_last"] = float(train_loss[-1]) if len(train_loss) else math.nan
-    f["train_loss_mean"] = float(train_loss.mean()) if len(train_loss) else math.nan  # TSE / t, budget-free
-    f["lr_progress"] = float(lr[-1] / lr[0]) if len(lr) and lr[0] > 0 else math.nan
-    for column in STATISTIC_COLUMNS:
-        values = _finite(history.get(column))
-        f[f"stat_{column}"] = _signed_log(float(values[-1])) if len(values) else math.nan
-    f.update(_config_features(config))
-    return f
-
-
-FEATURES = tuple(trajectory_features({"val_acc": [0.1]}, {}, 10))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Trajectories from a bank
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Trajectory:
-    """One trial's whole run: its history columns, its config and its budget."""
-
-    history: dict[str, list[float]]
-    config: dict[str, Any]
-    budget: int
-
-    @property
-    def epochs(self) -> int:
-        return len(self.history["val_acc"])
-
-    @property
-    def final(self) -> float:
-        return float(self.history["val_acc"][-1])
-
-    def upto(self, epoch: int) -> dict[str, list[float]]:
-        return {k: v[:epoch] for k, v in self.history.items()}
-
-
-def trajectories_from_frame(frame: pd.DataFrame) -> list[Trajectory]:
-    """Split a bank-schema frame into trajectories, in order of first appearance of each trial."""
-    if "val_acc" not in frame or "trial_id" not in frame or "epoch" not in frame:
-        raise ValueError(f"a trajectory bank needs trial_id, epoch and val_acc columns. {BANK_DOC}")
-    columns = [c for c in HISTORY_COLUMNS if c in frame]
-    config_columns = [c for c in frame.columns if c.startswith("config/")]
-    out = []
-    for trial_id, rows in frame.groupby("trial_id", sort=False):
-        rows = rows.drop_duplicates("epoch", keep="last").sort_values("epoch")
-        config = {c[len("config/") :]: rows[c].iloc[0] for c in config_columns}
-        config["trial_id"] = str(trial_id)
-        history = {c: rows[c].astype(float).tolist() for c in columns}
-        out.append(Trajectory(history, config, planned_epochs(config, int(rows["epoch"].max()))))
-    return out
-
-
-def is_complete(trajectory: Trajectory) -> bool:
-    """Ran its whole budget without diverging: its last val_acc is a true final."""
-    diverged = trajectory.history.get("diverged")
-    return trajectory.epochs >= trajectory.budget and not (diverged and diverged[-1] == 1)
-
-
-def _cut_epochs(budget: int) -> list[int]:
-    return sorted({min(budget - 1, max(1, round(f * budget))) for f in FRACTIONS if budget > 1})
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The predictor
-# ---------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -399,7 +181,7 @@ class FinalAccuracyPredictor:
         """
         trajectories = trajectories_from_frame(rows) if isinstance(rows, pd.DataFrame) else list(rows)
         for trajectory in filter(is_complete, trajectories):
-            for epoch in _cut_epochs(trajectory.budget):
+            for epoch in cut_epochs(trajectory.budget):
                 raw = self._raw_predict(trajectory.upto(epoch), trajectory.config, trajectory.budget)
                 self._calibration.add(epoch / trajectory.budget, trajectory.final - raw.mean, raw.std)
             self._own.append(trajectory)
@@ -413,7 +195,7 @@ class FinalAccuracyPredictor:
         if position not in self._examples_cache:
             rows = [
                 trajectory_features(trajectory.upto(epoch), trajectory.config, trajectory.budget)
-                for epoch in _cut_epochs(trajectory.budget)
+                for epoch in cut_epochs(trajectory.budget)
             ]
             x = np.array([[r[c] for c in FEATURES] for r in rows], dtype=float).reshape(len(rows), len(FEATURES))
             gains = trajectory.final - x[:, FEATURES.index("val_acc_level")]

@@ -1,0 +1,69 @@
+"""Leave-bank-out prediction for the scheduler benchmark: the predictor never judges a trial it was fitted on.
+
+The bank's trials are split into folds by trial, and each fold is judged by a predictor whose prior was fitted on
+the other folds (cross-fitting). :func:`spearman_table` scores those predictions against the true finals, next to
+two baselines (the last value; the curve extrapolation alone).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from scipy.stats import spearmanr
+
+from clp_tune.stopping.features import History, Trajectory, is_complete, trajectories_from_frame
+from clp_tune.stopping.predictor import (
+    FinalAccuracyPredictor,
+    Prediction,
+    curve_fit_prediction,
+    last_value_prediction,
+)
+
+SPEARMAN_FRACTIONS = (0.1, 0.25, 0.5)
+
+
+class CrossFitPredictor:
+    """A predictor per fold of the bank's trials, each fitted without its fold; a trial goes to its own fold's.
+
+    The fold is looked up from the trial's ``trial_id`` config key (the replay's config). Trials of this search
+    that finish are learned by every fold's predictor, as a real search's predictor would learn them.
+
+    Args:
+        bank: the bank (bank-schema frame) whose trials are split into folds, in order of first appearance.
+        folds: number of folds.
+        predictor_args: passed to every fold's :class:`~clp_tune.stopping.predictor.FinalAccuracyPredictor`.
+    """
+
+    def __init__(self, bank: pd.DataFrame, folds: int = 5, **predictor_args: Any):
+        ids = list(dict.fromkeys(bank["trial_id"].astype(str)))
+        self.fold_of = {trial_id: i % folds for i, trial_id in enumerate(ids)}
+        fold = bank["trial_id"].astype(str).map(self.fold_of)
+        self.predictors = [FinalAccuracyPredictor(bank[fold != k], **predictor_args) for k in range(folds)]
+
+    def predict(self, history: History, config: Mapping[str, Any], budget: int) -> Prediction:
+        return self.predictors[self.fold_of[str(config["trial_id"])]].predict(history, config, budget)
+
+    def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None:
+        for predictor in self.predictors:
+            predictor.observe_finished(rows)
+
+
+def spearman_table(bank: pd.DataFrame, predictor: CrossFitPredictor) -> dict[str, dict[str, float]]:
+    """Spearman rank correlation of predicted vs true final val_acc over the bank's complete trials."""
+    complete = [t for t in trajectories_from_frame(bank) if is_complete(t)]
+    finals = [t.final for t in complete]
+    table: dict[str, dict[str, float]] = {"trajectory": {}, "last_value": {}, "curve_fit": {}}
+    for fraction in SPEARMAN_FRACTIONS:
+        guesses: dict[str, list[float]] = {name: [] for name in table}
+        for t in complete:
+            seen = t.upto(max(1, round(fraction * t.budget)))
+            guesses["trajectory"].append(predictor.predict(seen, t.config, t.budget).mean)
+            guesses["last_value"].append(last_value_prediction(seen))
+            guesses["curve_fit"].append(curve_fit_prediction(seen, t.budget))
+        for name, values in guesses.items():
+            rho = spearmanr(values, finals).statistic if len(finals) > 2 else math.nan
+            table[name][f"{fraction:g}"] = float(rho)
+    return table
