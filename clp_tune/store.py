@@ -8,7 +8,7 @@ log; this module turns a run directory into two tables that one line of pandas r
   the error's reason, epochs trained, final and best validation accuracy, test accuracy, detector epochs.
 
 An outcome is taken from where it was decided: Ray's for an error, the trajectory scheduler's (its persisted
-state, :func:`clp_tune.scheduler.stopped_outcomes`) for a trial it stopped — stopped or diverged, by its own
+state, :func:`clp_tune.stopping.persistence.stopped_outcomes`) for a trial it stopped — stopped or diverged, by its own
 rule, which this module does not repeat — and the trainable's ``diverged`` flag for a trial that ended itself.
 
 After ``Tuner.restore`` a resumed trial re-reports epochs after its checkpoint; duplicates keep the last row.

@@ -18,6 +18,7 @@ from typing import Any
 DATASET_SHAPES: dict[str, tuple[int, ...]] = {
     "mnist1d": (40,),
     "digits": (1, 8, 8),
+    "tabular": (64,),
     "fashionmnist": (1, 28, 28),
     "cifar10": (3, 32, 32),
     "cifar100": (3, 32, 32),
@@ -26,10 +27,12 @@ DATASETS = tuple(DATASET_SHAPES)
 #: Fraction of each training set held out as the validation split that guides the search.
 VALIDATION_FRACTION = 0.1
 #: Training-set sizes before the validation split: mnist1d's default args make 4000; digits keeps load_digits()'s
-#: 1797 samples less the 20 % test split the loader holds out; the torchvision sets as published.
+#: 1797 samples less the 20 % test split the loader holds out; tabular draws 5000 (and 1000 test); the torchvision
+#: sets as published.
 _FULL_TRAIN_SIZES: dict[str, int] = {
     "mnist1d": 4000,
     "digits": 1797 - int(round(1797 * 0.2)),
+    "tabular": 5000,
     "fashionmnist": 60000,
     "cifar10": 50000,
     "cifar100": 50000,
@@ -42,6 +45,11 @@ TRAIN_SIZES: dict[str, int] = {name: n - int(round(n * VALIDATION_FRACTION)) for
 MODEL_INPUT_RANK: dict[str, int | None] = {"cnn1d": 1, "mlp": None, "convnet": 3, "resnet18": 3}
 MODELS = tuple(MODEL_INPUT_RANK)
 
+#: The recipe's categorical knobs (``clp_tune.spec.KNOBS`` validates them, ``clp_tune.trial.recipe`` reads them).
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("cosine", "constant")
+MIXUP_KINDS = ("input", "manifold")
+EARLY_MIXUP = ("pause", "boost")
 #: Denoising-autoencoder pretraining of the MLP, and how its inputs are corrupted.
 PRETRAIN_MODES = ("none", "stacked", "gradual")
 PRETRAIN_NOISES = ("mask", "gaussian")

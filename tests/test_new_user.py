@@ -111,10 +111,13 @@ def test_failed_search_reason_counts_every_status(tmp_path: Path) -> None:
 
 def test_train_sizes_match_the_real_splits() -> None:
     """Validation checks high_loss_q x batch_size against TRAIN_SIZES without loading data; they must be right."""
-    from clp_tune.trial.data import TRAIN_SIZES, load_dataset
+    from clp_tune.trial.data import load_dataset
+    from clp_tune.vocabulary import DATASET_SHAPES, TRAIN_SIZES
 
-    for name in ("mnist1d", "digits"):
-        assert TRAIN_SIZES[name] == len(load_dataset(name).y_train), name
+    for name in ("mnist1d", "digits", "tabular"):  # the ones that need no download
+        splits = load_dataset(name)
+        assert TRAIN_SIZES[name] == len(splits.y_train), name
+        assert splits.input_shape == DATASET_SHAPES[name], name
 
 
 def test_nothing_searched_repeats_the_recipe_over_seeds(ray_local, tmp_path: Path) -> None:

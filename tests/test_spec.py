@@ -305,3 +305,15 @@ def test_run_rejects_a_trial_bigger_than_the_embedded_ray_before_ray_starts(tmp_
         assert outcome == "2 ray-not-started", (name, outcome, err)
         assert err.count("\n") == 1 and err.startswith(f"error: {key}: ") and words in err, (name, err)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv", [["validate", str(REPO / "search_spaces" / "quickstart.yaml")], ["--help"]])
+def test_validate_and_help_import_neither_torch_nor_ray(argv: list[str]) -> None:
+    """Checking a spec or reading the help must be instant: the vocabulary, not the trial or Ray, names things."""
+    code = (
+        "import sys\nfrom clp_tune.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'pandas', 'sklearn'})\n"
+        "print('heavy:', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert "heavy: []" in result.stdout, result.stdout + result.stderr

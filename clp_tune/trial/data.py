@@ -3,7 +3,10 @@
 Every dataset comes with a fixed validation split carved from its training set (seeded independently of the
 trial seed, so all trials of a search are judged on the same samples) and a test split that a trial evaluates
 once, at its end. mnist1d is generated procedurally (never downloaded) and cached; digits ships with
-scikit-learn; the torchvision datasets download on clusters with internet access and fail clearly offline.
+scikit-learn; tabular is drawn by scikit-learn's ``make_classification`` (the generator behind the MADELON
+benchmark: clusters on the vertices of a hypercube, informative, redundant and noise features, flipped labels),
+seeded, so it too needs no download; the torchvision datasets download on clusters with internet access and fail
+clearly offline.
 """
 
 from __future__ import annotations
@@ -88,6 +91,22 @@ def _digits() -> Splits:
     return _carve_validation(x[train], digits.target[train], x[test], digits.target[test], 10)
 
 
+def _tabular() -> Splits:
+    """10 classes of 2 Gaussian clusters each in 64 features (16 informative, 16 redundant, 32 noise), 3 % of the
+    labels flipped: hard enough that regularization and learning rate matter, standardized on the training set."""
+    from sklearn.datasets import make_classification
+
+    n_train, n_test = 5000, 1000  # vocabulary.TRAIN_SIZES counts on these
+    x, y = make_classification(
+        n_samples=n_train + n_test, n_features=DATASET_SHAPES["tabular"][0], n_informative=16, n_redundant=16,
+        n_classes=10, n_clusters_per_class=2, flip_y=0.03, class_sep=1.0, random_state=SPLIT_SEED,
+    )  # fmt: skip
+    x = x.astype(np.float32)
+    mean, std = x[:n_train].mean(axis=0), x[:n_train].std(axis=0)
+    x = (x - mean) / std
+    return _carve_validation(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
+
+
 def _torchvision(name: str) -> Splits:
     import torchvision
 
@@ -120,6 +139,8 @@ def load_dataset(name: str) -> Splits:
         return _mnist1d()
     if name == "digits":
         return _digits()
+    if name == "tabular":
+        return _tabular()
     if name in _TORCHVISION_CLASSES:
         return _torchvision(name)
     if name in DATASET_SHAPES:
