@@ -107,45 +107,46 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all cores)")
         command.add_argument("--reports-dir", default="reports", help="where reports/<name>/ go (default: reports)")
 
-    run = commands.add_parser(
-        "run", help="run a search and write its report",
-        description="Validate SPEC, run the search under Ray Tune, write Parquet tables into the run directory "
-        "and the HTML report into reports/<name>/index.html.",
+    def command(name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".")
+        parser.set_defaults(handler=handler)
+        return parser
+
+    run = command(
+        "run", _run, "run a search and write its report",
+        "Validate SPEC, run the search under Ray Tune, write Parquet tables into the run directory and the HTML "
+        "report into reports/<name>/index.html. Exit 1 if no trial finished, 2 for bad input.",
     )  # fmt: skip
     run.add_argument("spec", help="search-space YAML file")
     run.add_argument("--storage-path", default="runs", help="runs directory or shared URI (s3://...); default runs")
     run.add_argument("--run-name", help="run directory name (default: <name>-<timestamp>)")
     add_ray_options(run)
-    run.set_defaults(handler=_run)
 
-    resume = commands.add_parser(
-        "resume", help="continue an interrupted search",
-        description="Continue a search whose driver died: finished trials are kept, unfinished trials continue "
-        "from their last checkpoint, and the search ends with the planned number of trials.",
+    resume = command(
+        "resume", _resume, "continue an interrupted search",
+        "Continue a search whose driver died: finished trials are kept, unfinished trials continue from their last "
+        "checkpoint, and the search ends with the planned number of trials.",
     )  # fmt: skip
     resume.add_argument("run_dir", help="the run directory (runs/<name>-<timestamp>)")
     add_ray_options(resume)
-    resume.set_defaults(handler=_resume)
 
-    validate = commands.add_parser("validate", help="check a search-space file without running it")
-    validate.add_argument("spec", help="search-space YAML file")
-    validate.set_defaults(handler=_validate)
+    command("validate", _validate, "check a search-space file without running it").add_argument(
+        "spec", help="search-space YAML file"
+    )
 
-    report = commands.add_parser("report", help="(re)write the Parquet tables and HTML report of a run")
+    report = command("report", _report, "(re)write the Parquet tables and HTML report of a run")
     report.add_argument("run_dir", help="the run directory")
     report.add_argument("--reports-dir", default="reports", help="where reports/<name>/ go (default: reports)")
-    report.set_defaults(handler=_report)
 
-    submit = commands.add_parser(
-        "submit", help="submit a search to a Ray cluster through the Jobs API",
-        description="Upload the working directory, run the search as a Ray job, stream its logs, and fetch the "
-        "report from shared storage when it ends. Reach the dashboard through `ray dashboard cluster.yaml`.",
+    submit = command(
+        "submit", _submit, "submit a search to a Ray cluster through the Jobs API",
+        "Upload the working directory, run the search as a Ray job, stream its logs, and fetch the report from "
+        "shared storage when it ends. Reach the dashboard through `ray dashboard cluster.yaml`.",
     )  # fmt: skip
     submit.add_argument("spec", help="search-space YAML file (relative to the working directory)")
     submit.add_argument("--address", required=True, help="Jobs API address, e.g. http://127.0.0.1:8265")
     submit.add_argument("--storage-path", help="shared storage URI for the run (default: CLP_TUNE_STORAGE)")
     submit.add_argument("--reports-dir", default="reports", help="where the fetched report goes")
-    submit.set_defaults(handler=_submit)
 
     from clp_tune.bench.commands import add_bank_parser, add_bench_parser
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from clp_tune.spec import KNOBS
+from clp_tune.knobs import KNOBS
 from clp_tune.trial.statistics import TrajectoryStatistics
 from clp_tune.vocabulary import STATISTIC_GROUPS, TRAJECTORY_OPTIONS
 

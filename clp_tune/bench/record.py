@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clp_tune.spec import KNOBS
+from clp_tune.knobs import KNOBS
 from clp_tune.vocabulary import STATISTIC_GROUPS
 
 if TYPE_CHECKING:
