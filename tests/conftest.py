@@ -196,6 +196,42 @@ def write_synthetic_run(
     return run_dir
 
 
+def write_large_synthetic_run(run_dir: Path, n_trials: int = 500, finished_every: int = 12) -> Path:
+    """A trajectory-scheduler search of ``n_trials`` trials x EPOCHS epochs, most of them stopped (every
+    ``finished_every``-th finishes, the rest stop between epochs 2 and 6 with a prediction on every epoch from 2):
+    the report must stay legible, quick to open and small at that size."""
+    rng = np.random.default_rng(1)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SPEC_FILE).write_text(SPEC_TEXT.replace("num_samples: 12", f"num_samples: {n_trials}"), encoding="utf-8")
+    ids = [f"t{index:03d}" for index in range(n_trials)]
+    config = pd.DataFrame({"trial_id": ids, "config/epochs": EPOCHS, "config/dropout": 0.1, "config/mixup_alpha": 1.0})
+    config["config/lr"] = 10 ** rng.uniform(-3, -1, n_trials)
+    config["config/batch_size"] = rng.choice([32, 64], n_trials)
+    config["config/mixup_off"] = rng.choice(list(MIXUP_EFFECT), n_trials)
+    config["config/seed"] = rng.integers(0, 4, n_trials)
+    finals = 0.7 + config["config/mixup_off"].map(MIXUP_EFFECT) - 0.03 * (np.log10(config["config/lr"]) + 2) ** 2
+    finals += rng.normal(0, 0.01, n_trials)
+    finished = np.arange(n_trials) % finished_every == 0
+    epochs = np.where(finished, EPOCHS, rng.integers(2, 7, n_trials))
+    rows = config.loc[config.index.repeat(epochs)].assign(epoch=np.concatenate([np.arange(1, e + 1) for e in epochs]))
+    val_acc = finals.loc[rows.index].to_numpy() * (1 - np.exp(-rows["epoch"] / 3)) + rng.normal(0, 0.005, len(rows))
+    rows = rows.assign(val_acc=val_acc, train_acc=val_acc + 0.02, train_loss=1.0 / rows["epoch"])
+    rows = rows.assign(val_loss=1.1 / rows["epoch"], diverged=0).reset_index(drop=True)
+    rows.to_parquet(run_dir / TRAJECTORIES_FILE)
+    last = rows.groupby("trial_id").tail(1).set_index("trial_id")
+    trials = config.assign(status=np.where(finished, "finished", "stopped"), error=None, epochs=epochs)
+    trials = trials.assign(val_acc=last["val_acc"].reindex(ids).to_numpy(), time_total_s=0.5 * epochs + 1)
+    trials.assign(best_val_acc=trials["val_acc"], test_acc=trials["val_acc"] - 0.01).to_parquet(run_dir / TRIALS_FILE)
+    judged = rows.loc[rows["epoch"] >= 2, ["trial_id", "epoch"]]
+    stop = (judged["epoch"] == judged["trial_id"].map(last["epoch"])) & ~judged["trial_id"].isin(ids[::finished_every])
+    noise = rng.normal(0, 0.03 / judged["epoch"])
+    decisions = judged.assign(pred_mean=judged["trial_id"].map(dict(zip(ids, finals, strict=True))) + noise)
+    decisions = decisions.assign(pred_std=0.05 / judged["epoch"], threshold=0.7, p_beat=np.where(stop, 0.01, 0.5))
+    decisions = decisions.assign(action=np.where(stop, "stop", "continue"), reason=np.where(stop, "p_beat < 0.05", ""))
+    decisions.to_parquet(run_dir / DECISIONS_FILE)
+    return run_dir
+
+
 # --- a real browser for the report: headless Chromium over the DevTools protocol on a pipe ---------------------
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,7 +1,8 @@
 """Tests for clp_tune.report on synthetic run directories written in the contract's schema.
 
 ``write_synthetic_run`` (conftest.py) builds a small search (12 trials x 10 epochs, Mixup-off window in
-{0, 2, 0.2} x 4 seeds, two stopped, one diverged, one errored) without running Ray.
+{0, 2, 0.2} x 4 seeds, two stopped, one diverged, one errored) without running Ray; ``write_large_synthetic_run``
+a 500-trial search in which most trials were stopped.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import pandas as pd
 import plotly.offline
 import pytest
 import yaml
-from conftest import SPEC_TEXT, write_synthetic_run
+from conftest import SPEC_TEXT, write_large_synthetic_run, write_synthetic_run
 from scipy import stats
 
+from clp_tune.report.curves import MAX_STOPPED_LINES
+from clp_tune.report.outcomes import outcomes
 from clp_tune.report.page import write_report
 from clp_tune.report.parameters import searched_params
 from clp_tune.report.run import load_run
 from clp_tune.report.scheduler import MIN_TRIALS_FOR_BACKTEST
-from clp_tune.report.statistics import decisions_near, group_ci, setting_label
+from clp_tune.report.statistics import decisions_near, group_ci, paired_interval, setting_label, weighted_effects
 from clp_tune.spec import parse_spec
 from clp_tune.stopping.scheduler import TrajectoryScheduler
 from clp_tune.vocabulary import DECISIONS_FILE, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
@@ -59,8 +62,9 @@ def test_every_section_and_figure_present(trajectory_page: str) -> None:
         assert f"<h2>{heading}</h2>" in trajectory_page
     figures = trajectory_page.count('<div class="clp-figure">')
     assert figures == _figure_count(trajectory_page)
-    # curves, prediction scatter, stop chart, importances, parallel coordinates, slices, mixup effect, statistics
-    assert figures == 8
+    # curves, prediction scatter, stop chart, anytime, importances, parallel coordinates, slices, mixup effect,
+    # statistics
+    assert figures == 9
     assert trajectory_page.count('class="plotly-graph-div"') == figures
     assert '"type":"parcoords"' in trajectory_page
 
@@ -90,7 +94,8 @@ def test_fifo_run_without_decisions_or_statistics(tmp_path: Path) -> None:
     assert "recorded no trajectory statistics" in page
     assert "No critical-period detector is marked" in page
     figures = page.count('<div class="clp-figure">')
-    assert figures == _figure_count(page) == 5  # curves, importances, parallel coordinates, slices, mixup effect
+    # curves, anytime, importances, parallel coordinates, slices, mixup effect
+    assert figures == _figure_count(page) == 6
 
 
 def test_pretrain_modes_are_compared(tmp_path: Path) -> None:
@@ -143,7 +148,7 @@ def test_minimal_run_directory_renders(tmp_path: Path) -> None:
     assert "The run directory has no spec.yaml." in page
     assert "searches no parameter" in page
     assert "Epochs spent: 3 of the 4" in page
-    assert page.count('<div class="clp-figure">') == _figure_count(page) == 1
+    assert page.count('<div class="clp-figure">') == _figure_count(page) == 2  # curves, anytime
 
 
 def test_spec_that_does_not_validate_still_renders(tmp_path: Path) -> None:
@@ -159,7 +164,8 @@ def test_spec_that_does_not_validate_still_renders(tmp_path: Path) -> None:
     assert "This spec does not validate" in spec_section and "retired_key: unknown key" in spec_section
     assert "retired_key: 1" in spec_section and "&lt;script&gt;alert(&quot;spec&quot;)" in spec_section
     assert "clp-figure" in _section(page, "mixup") and "Back-test on finished trials" in page
-    assert page.count('<div class="clp-figure">') == _figure_count(page) == 5  # curves, scatter, stops, mixup, stats
+    # curves, scatter, stops, anytime, mixup, stats
+    assert page.count('<div class="clp-figure">') == _figure_count(page) == 6
 
 
 def test_missing_tables_are_a_clear_error(tmp_path: Path) -> None:
@@ -319,3 +325,102 @@ def test_predicted_intervals_stay_within_zero_and_one(tmp_path: Path) -> None:
     ends = [(up, down) for bar in bars for up, down in zip(bar["array"], bar["arrayminus"], strict=True)]
     assert all(bar["symmetric"] is False for bar in bars)
     assert {(round(up, 6), round(down, 6)) for up, down in ends} == {(0.05, 0.2), (0.2, 0.1)}
+
+
+def _predicted_run(tmp_path: Path, finished: int) -> Path:
+    """The synthetic run with all but ``finished`` finished trials turned into stopped ones: their decision rows
+    (every epoch from 2) give each a predicted final."""
+    run = write_synthetic_run(tmp_path / "run")
+    trials = pd.read_parquet(run / TRIALS_FILE)
+    done = trials.index[trials["status"] == "finished"]
+    trials.loc[done[finished:], "status"] = "stopped"
+    trials.to_parquet(run / TRIALS_FILE)
+    return run
+
+
+def test_three_finished_trials_still_show_importances_and_the_mixup_window(tmp_path: Path) -> None:
+    page = write_report(_predicted_run(tmp_path, 3), tmp_path / "out").read_text(encoding="utf-8")
+    params = _section(page, "params")
+    assert "Parameter importance for final val_acc (predicted finals for stopped trials)" in params
+    assert "finished + predicted trials" in params and '"type":"bar"' in params
+    assert "finished only: importances need at least 5 trials" in params
+    assert '"name":"predicted"' in params and '"label":"finished only"' in params  # slices legend, parcoords button
+    mixup = _section(page, "mixup")
+    assert "clp-figure" in mixup and "nothing to compare" not in mixup
+    # lr and batch_size are sampled: a shared seed pairs nothing, the regression controls for them
+    assert "finished + predicted" in mixup and "Welch" in mixup and "paired over" not in mixup
+    assert "effect adjusted for the other parameters" in mixup and "weighted least-squares" in mixup
+
+
+def test_a_grid_over_seeds_pairs_the_window_effects(tmp_path: Path) -> None:
+    """Only mixup_off and the seed vary (every window ran seeds 0-3): differences are paired, no regression."""
+    run = _predicted_run(tmp_path, 3)
+    spec = (run / SPEC_FILE).read_text()
+    spec = spec.replace("lr: {loguniform: [0.001, 0.1]}", "lr: 0.01")
+    (run / SPEC_FILE).write_text(spec.replace("batch_size: {choice: [32, 64]}", "batch_size: 32"))
+    mixup = _section(write_report(run, tmp_path / "out").read_text(encoding="utf-8"), "mixup")
+    assert "paired over 4 seeds" in mixup and "Welch" not in mixup.split("</p>", 1)[1]
+    assert "effect adjusted" not in mixup
+
+
+def test_outcomes_use_the_last_prediction_of_stopped_trials(tmp_path: Path) -> None:
+    run = load_run(_predicted_run(tmp_path, 3))
+    frame = outcomes(run).set_index("trial_id")
+    assert (frame["source"] == "finished").sum() == 3 and (frame["source"] == "predicted").sum() == 7
+    last = run.decisions.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")
+    predicted = frame[frame["source"] == "predicted"]
+    assert predicted["final"].to_dict() == pytest.approx(last["pred_mean"].reindex(predicted.index).to_dict())
+    assert predicted["final_std"].to_dict() == pytest.approx(last["pred_std"].reindex(predicted.index).to_dict())
+    assert "t10" not in frame.index and "t11" not in frame.index  # diverged and errored trials have no outcome
+
+
+def test_paired_interval_matches_scipys_paired_t() -> None:
+    """Three settings x the same four seeds: the differences are taken seed by seed."""
+    base = np.array([0.70, 0.74, 0.69, 0.72])
+    other = base + np.array([0.011, 0.009, 0.013, 0.010])  # a small shift, far below the seeds' spread
+    diff, low, high = paired_interval(other, base)
+    expected = stats.t.interval(0.95, 3, loc=np.mean(other - base), scale=stats.sem(other - base))
+    assert (low, high) == pytest.approx(expected)
+    assert (low, high) == pytest.approx(tuple(stats.ttest_rel(other, base).confidence_interval(0.95)))
+    assert diff == pytest.approx(0.01075)
+    frame = pd.DataFrame({"k": ["0"] * 4 + ["2"] * 4, "seed": [0, 1, 2, 3] * 2, "v": np.r_[base, other]})
+    effects = group_ci(frame.sample(frac=1, random_state=0), "k", "v", baseline="0", pair_by="seed")
+    row = effects.set_index("setting").loc["2"]
+    assert row["test"] == "paired over 4 seeds" and row["verdict"] == "significant"
+    assert (row["diff_low"], row["diff_high"]) == pytest.approx(expected)
+    welch = group_ci(frame, "k", "v", baseline="0").set_index("setting").loc["2"]
+    assert welch["test"] == "Welch" and welch["verdict"] == "not significant"  # unpaired, seed noise hides it
+
+
+def test_weighted_effects_match_linregress_without_predictions() -> None:
+    """With only measured finals (std 0) every weight is equal: the fit is ordinary least squares."""
+    rng = np.random.default_rng(3)
+    x = pd.Series(rng.uniform(0, 1, 20))
+    y = 0.7 + 0.05 * x + rng.normal(0, 0.02, 20)
+    fit = stats.linregress(x, y)
+    (row,) = weighted_effects(x.to_frame("x"), y, pd.Series(0.0, index=x.index), ["x"]).itertuples()
+    half = stats.t.ppf(0.975, 18) * fit.stderr
+    assert (row.coef, row.low, row.high) == pytest.approx((fit.slope, fit.slope - half, fit.slope + half))
+
+
+def test_savings_list_the_stopped_trials_that_might_have_won(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run")
+    decisions = pd.read_parquet(run / DECISIONS_FILE)
+    decisions.loc[decisions["action"] == "stop", ["pred_mean", "pred_std"]] = [[0.9, 0.01], [0.5, 0.01]]
+    decisions.to_parquet(run / DECISIONS_FILE)
+    section = _section(write_report(run, tmp_path / "out").read_text(encoding="utf-8"), "savings")
+    assert "1 of 2 stopped trials had a predicted 95% upper bound" in section
+    assert '<td data-value="t03">t03</td>' in section and "t07" not in section.split("Risk taken")[1]
+    assert '"name":"this search"' in section and '"name":"without stopping (planned epochs)"' in section
+    assert "91 spent, 120 without stopping" in section
+
+
+def test_a_500_trial_search_stays_small_and_legible(tmp_path: Path) -> None:
+    run = write_large_synthetic_run(tmp_path / "run")
+    page = write_report(run, tmp_path / "out").read_text(encoding="utf-8")
+    assert len(page.encode()) < 8_000_000
+    curves = _section(page, "curves")
+    assert f"the {MAX_STOPPED_LINES} with the highest predicted finals are lines, the other 428 a band" in curves
+    assert '"name":"other stopped trials (10% to 90%)"' in curves and '"fill":"tonexty"' in curves
+    stopped_lines = re.search(r'"name":"stopped".*?"text":\[(.*?)\]', curves).group(1)
+    assert len({t for t in stopped_lines.split(",") if t != "null"}) == MAX_STOPPED_LINES

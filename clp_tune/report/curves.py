@@ -1,5 +1,9 @@
 """Learning curves: every trial's validation accuracy per epoch, coloured by outcome, with the best trial, where
-stopped trials stopped, and the epochs the critical-period detectors that acted on the run fired."""
+stopped trials stopped, and the epochs the critical-period detectors that acted on the run fired.
+
+A search of hundreds of trials would draw a grey tangle of stopped curves; beyond MAX_STOPPED_LINES the stopped
+trials with the highest (predicted) finals stay lines and the others become a band of per-epoch quantiles.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from clp_tune.report.markup import BEST_COLOR, TRACE_COLORS, Page, note
+from clp_tune.report.outcomes import outcomes
 from clp_tune.report.run import Run
 from clp_tune.vocabulary import OUTCOMES
 
@@ -21,6 +26,10 @@ _STATUS_COLORS = dict(
         strict=True,
     )
 )  # fmt: skip
+#: Stopped trials drawn as lines at most; the rest are summarized as a band.
+MAX_STOPPED_LINES = 30
+#: The per-epoch quantile ranges of the banded stopped curves, outer first.
+BAND_QUANTILES = ((0.1, 0.9), (0.25, 0.75))
 _HOVER = "trial %{text}<br>epoch %{x}<br>val_acc %{y:.4f}<extra></extra>"
 
 
@@ -34,21 +43,53 @@ def render(run: Run, page: Page) -> str:
     best = run.best_trial()
     best_id = None if best is None else best["trial_id"]
     reported = set(curves["trial_id"])
+    banded = _banded(run, status)
     fig = go.Figure()
+    notes = []
+    if banded:
+        _add_band(fig, curves[curves["trial_id"].isin(banded)])
+        notes.append(note(f"{len(status[status == 'stopped'])} stopped trials: the {MAX_STOPPED_LINES} with the "
+                          f"highest predicted finals are lines, the other {len(banded)} a band of per-epoch "
+                          "quantiles (10–90 % and 25–75 %)."))  # fmt: skip
     for name, color in _STATUS_COLORS.items():
-        ids = [t for t in status.index[status == name] if t != best_id and t in reported]
+        ids = [t for t in status.index[status == name] if t != best_id and t in reported and t not in banded]
         if ids:
             mode = "lines+markers" if name == "diverged" else "lines"
             fig.add_trace(_lines(curves, ids, name, mode, {"color": color, "width": 1.5}))
     if best_id is not None:
         fig.add_trace(_lines(curves, [best_id], f"best ({best_id})", "lines", {"color": BEST_COLOR, "width": 3}))
     ends = curves.groupby("trial_id").tail(1)
-    ends = ends[ends["trial_id"].map(status) == "stopped"]
+    ends = ends[(ends["trial_id"].map(status) == "stopped") & ~ends["trial_id"].isin(banded)]
     if not ends.empty:
         fig.add_trace(_markers(ends, "stopped here", {"symbol": "x", "size": 9, "color": "#444"}))
-    notes = _mark_detectors(run, curves, fig)
+    notes += _mark_detectors(run, curves, fig)
     fig.update_layout(title="Validation accuracy per epoch", xaxis_title="epoch", yaxis_title="val_acc")
     return page.section("curves", "Learning curves", page.figure(fig, 480) + "".join(notes))
+
+
+def _banded(run: Run, status: pd.Series) -> set[str]:
+    """The stopped trials drawn as a band: all but the MAX_STOPPED_LINES with the highest final the scheduler
+    predicted (their last val_acc where there is no prediction); none when there are few enough."""
+    stopped = status.index[status == "stopped"]
+    if len(stopped) <= MAX_STOPPED_LINES:
+        return set()
+    predicted = outcomes(run).set_index("trial_id")["final"]
+    last = run.trials.set_index("trial_id")["val_acc"]
+    rank = predicted.reindex(stopped).fillna(last.reindex(stopped)).sort_values(ascending=False)
+    return set(rank.index[MAX_STOPPED_LINES:])
+
+
+def _add_band(fig: go.Figure, curves: pd.DataFrame) -> None:
+    """Per-epoch quantile ranges of ``curves``' val_acc, each as its upper end and then its lower end filled up to
+    it (plotly's ``tonexty``)."""
+    by_epoch = curves.groupby("epoch")["val_acc"]
+    for index, (low, high) in enumerate(BAND_QUANTILES):
+        name = f"other stopped trials ({low:.0%} to {high:.0%})"
+        ends = by_epoch.quantile(high).round(5), by_epoch.quantile(low).round(5)
+        fill = f"rgba(127, 127, 127, {0.15 + 0.15 * index})"
+        for end, extra in zip(ends, ({"showlegend": False}, {"fill": "tonexty", "fillcolor": fill}), strict=True):
+            fig.add_trace(go.Scatter(x=end.index.tolist(), y=end.tolist(), mode="lines", line={"width": 0},
+                                     name=name, legendgroup=name, hoverinfo="skip", **extra))  # fmt: skip
 
 
 def _mark_detectors(run: Run, curves: pd.DataFrame, fig: go.Figure) -> list[str]:

@@ -18,6 +18,8 @@ import plotly.graph_objects as go
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 #: The best trial's colour wherever it is drawn (learning curves, stop thresholds).
 BEST_COLOR = "#d62728"
+#: Tables longer than this scroll inside a box of their own, so a search of hundreds of trials keeps its outline.
+SCROLL_ROWS = 25
 #: Colours of traces that stand for different things in one figure (trials, settings, detectors).
 TRACE_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
@@ -69,7 +71,8 @@ def note(text: str) -> str:
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]], css_class: str = "") -> str:
-    """A plain table; cells are formatted with :func:`fmt` and keep the raw number in ``data-value`` for sorting."""
+    """A plain table; cells are formatted with :func:`fmt` and keep the raw number in ``data-value`` for sorting.
+    One of more than SCROLL_ROWS rows scrolls in a box (``div.clp-scroll``)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = []
     for row in rows:
@@ -78,4 +81,5 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], css_class: st
             raw = "" if fmt(cell) == "—" else cell
             cells.append(f'<td data-value="{esc(raw)}">{fmt(cell)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    markup = f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<div class="clp-scroll">{markup}</div>' if len(body) > SCROLL_ROWS else markup

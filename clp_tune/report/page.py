@@ -17,7 +17,17 @@ from pathlib import Path
 
 import plotly.offline
 
-from clp_tune.report import curves, effects, parameters, scheduler, spec_file, summary, trajectories, trials
+from clp_tune.report import (
+    curves,
+    effects,
+    parameters,
+    savings,
+    scheduler,
+    spec_file,
+    summary,
+    trajectories,
+    trials,
+)
 from clp_tune.report.markup import Page, esc
 from clp_tune.report.run import Run, load_run
 from clp_tune.vocabulary import REPORT_PAGE
@@ -38,6 +48,9 @@ table.sortable th:hover { background: #e6ebf0; }
 tbody tr:nth-child(even) { background: #fafafa; }
 pre { background: #f6f8fa; padding: 12px; overflow-x: auto; border: 1px solid #e1e4e8; }
 .clp-figure { margin: 8px 0 16px; }
+.clp-scroll { max-height: 520px; overflow-y: auto; display: inline-block; border: 1px solid #ddd; }
+.clp-scroll table { margin: 0; }
+.clp-scroll th { position: sticky; top: 0; }
 """
 
 _SORT_JS = """
@@ -62,6 +75,7 @@ _SECTIONS: tuple[Callable[[Run, Page], str], ...] = (
     summary.render,
     curves.render,
     scheduler.render,
+    savings.render,
     parameters.render,
     effects.render_mixup,
     effects.render_pretrain,
