@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from clp_tune.bench.record import SPACES, record_bank, sample_configs
-from clp_tune.stopping.bank_library import SHIPPED_BANK
-from clp_tune.trial.statistics import GROUP_COLUMNS
+from clp_tune.stopping.bank_library import SHIPPED_BANK, SUITE
+from clp_tune.vocabulary import DATASET_SHAPES, MODEL_INPUT_RANK, STATISTIC_COLUMNS
 
 
 def test_recorder_writes_full_trajectories_with_config_columns(tmp_path: Path) -> None:
@@ -44,7 +45,35 @@ def test_shipped_bank_has_full_length_trajectories_with_all_statistics() -> None
     bank = pd.read_parquet(SHIPPED_BANK)
     lengths = bank.groupby("trial_id").epoch.max()
     assert len(lengths) >= 200 and (lengths >= 40).all()
-    for columns in GROUP_COLUMNS.values():
-        for column in columns:
-            assert bank[column].notna().any(), column
+    for column in STATISTIC_COLUMNS:
+        assert bank[column].notna().any(), column
     assert SHIPPED_BANK.stat().st_size < 5_000_000
+
+
+def test_the_suite_spans_datasets_models_optimizers_and_budgets() -> None:
+    tasks = list(SUITE.values())
+    assert len(tasks) >= 5
+    assert len({t.dataset for t in tasks}) >= 3 and len({t.model for t in tasks}) >= 3
+    assert len({t.optimizer for t in tasks}) >= 2 and {20, 40, 100} <= {t.epochs for t in tasks}
+    for task in tasks:
+        assert task.trials >= 120 and task.dataset in DATASET_SHAPES and task.model in MODEL_INPUT_RANK
+
+
+@pytest.mark.parametrize("name", sorted(SUITE))
+def test_every_suite_bank_ships_complete_and_small(name: str) -> None:
+    """Each task's bank: its trials run their whole budget with every statistic, recorded as the task says
+    (`clp-tune bank record --task NAME` reproduces the configurations), under 1 MB so the package stays small."""
+    task = SUITE[name]
+    assert task.path.is_file(), f"{task.path} is missing: clp-tune bank record --task {name}"
+    assert task.path.stat().st_size < 1_000_000
+    bank = pd.read_parquet(task.path)
+    lengths = bank.groupby("trial_id").epoch.max()
+    assert len(lengths) == task.trials and (lengths == task.epochs).all()
+    for column in STATISTIC_COLUMNS:
+        assert bank[column].notna().any(), column
+    configs = bank.groupby("trial_id").first()
+    for config in sample_configs(
+        task.trials, task.epochs, task.seed, task.space, task.dataset, task.model, task.optimizer
+    ):
+        assert abs(configs.loc[config["trial_id"], "config/lr"] - config["lr"]) <= 1e-6 * config["lr"]
+        assert configs.loc[config["trial_id"], "config/optimizer"] == task.optimizer
