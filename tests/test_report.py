@@ -424,3 +424,13 @@ def test_a_500_trial_search_stays_small_and_legible(tmp_path: Path) -> None:
     assert '"name":"other stopped trials (10% to 90%)"' in curves and '"fill":"tonexty"' in curves
     stopped_lines = re.search(r'"name":"stopped".*?"text":\[(.*?)\]', curves).group(1)
     assert len({t for t in stopped_lines.split(",") if t != "null"}) == MAX_STOPPED_LINES
+
+
+def test_every_searched_parameter_gets_an_adjusted_effect_from_all_trials(trajectory_page: str) -> None:
+    """Few finished trials still give each knob an effect with an interval: one regression on every trial with an
+    outcome (finished and predicted), the seed left out (it is a repeat, not a knob)."""
+    section = trajectory_page.split("Adjusted effects (all trials)", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td[^>]*>([^<]+)</td>", section)
+    assert "lr" in rows and "batch_size=64" in rows and "mixup_off=2" in rows
+    assert not any(row.startswith("seed") for row in rows)
+    assert "trials with an outcome" in section and "significant" in section

@@ -65,16 +65,46 @@ def render(run: Run, frame: pd.DataFrame, key: str, baseline: str) -> str:
     return f"<h3>{key}: effect adjusted for the other parameters</h3>" + note(explain) + table(header, rows)
 
 
-def _design(frame: pd.DataFrame, key: str, baseline: str, others: dict[str, str]) -> pd.DataFrame:
-    """The regressors: an indicator per non-baseline ``key`` setting, then each other parameter as a number (log10
-    for a log-uniform one) or as indicators of all its settings but the first (categorical: choice or grid)."""
-    labels = frame[f"config/{key}"].map(setting_label)
-    if baseline not in set(labels):
-        return pd.DataFrame(index=frame.index)
-    columns = {
-        f"{key}={s}": (labels == s).astype(float)
-        for s in sorted(set(labels) - {baseline}, key=numeric_sort_key)
-    }  # fmt: skip
+def render_all(run: Run, frame: pd.DataFrame) -> str:
+    """Every searched parameter's effect on the final val_acc, adjusted for the others, from all trials (finished
+    and predicted): the one answer a run with few finished trials can still give for each knob."""
+    searched = {name: kind for name, kind in controls(run, "").items() if name != SEED}  # a seed has no effect
+    design = _design(frame, None, "", searched)
+    keep = design.notna().all(axis=1)
+    if design.empty or keep.sum() <= design.shape[1] + 1:
+        return note("Too few trials with an outcome for an adjusted effect of every parameter.")
+    effects = weighted_effects(design[keep], frame["final"][keep], frame["final_std"][keep], list(design.columns))
+    rows = [
+        (term, _unit(term, searched), r["coef"], r["low"], r["high"], r["verdict"]) for term, r in effects.iterrows()
+    ]
+    explain = (
+        f"All {int(keep.sum())} trials with an outcome (finished, and stopped at their predicted final, weighted down "
+        "by its spread): one weighted least-squares regression of the final val_acc on every searched parameter, as "
+        "above; a numeric parameter's effect is per unit (per factor 10 for a log-uniform one), a categorical "
+        "setting's is against its first setting."
+    )
+    header = ["parameter", "effect of", "effect on final val_acc", "95 % CI low", "95 % CI high", "verdict"]
+    return "<h3>Adjusted effects (all trials)</h3>" + note(explain) + table(header, rows)
+
+
+def _unit(term: str, searched: dict[str, str]) -> str:
+    name, _, setting = term.partition("=")
+    if setting:
+        return f"{setting} instead of the first setting"
+    return "x10" if searched[name] == "loguniform" else "+1"
+
+
+def _design(frame: pd.DataFrame, key: str | None, baseline: str, others: dict[str, str]) -> pd.DataFrame:
+    """The regressors: an indicator per non-baseline ``key`` setting (none when ``key`` is None), then each other
+    parameter as a number (log10 for a log-uniform one) or as indicators of all its settings but the first
+    (categorical: choice or grid)."""
+    columns: dict[str, pd.Series] = {}
+    if key is not None:
+        labels = frame[f"config/{key}"].map(setting_label)
+        if baseline not in set(labels):
+            return pd.DataFrame(index=frame.index)
+        for s in sorted(set(labels) - {baseline}, key=numeric_sort_key):
+            columns[f"{key}={s}"] = (labels == s).astype(float)
     for name, kind in others.items():
         values = frame[f"config/{name}"]
         if kind in ("choice", "grid"):

@@ -73,6 +73,10 @@ def _effect_section(
         if subset[column].map(setting_label).nunique() < 2:
             continue
         effects = group_ci(subset, column, "final", baseline=baseline, pair_by=pair_by)
+        # An accuracy lies in [0, 1] and a difference of two in [-1, 1]: a t-interval over two seeds can reach far
+        # past both, which says "unknown", not "below zero"; the verdict was taken on the unclipped interval.
+        effects[["ci_low", "ci_high"]] = effects[["ci_low", "ci_high"]].clip(0.0, 1.0)
+        effects[["diff_low", "diff_high"]] = effects[["diff_low", "diff_high"]].clip(-1.0, 1.0)
         predicted = subset[subset["source"] == PREDICTED][column].map(setting_label).value_counts()
         for r in effects.itertuples():
             n = r.n if len(sources) == 1 else f"{r.n - predicted.get(r.setting, 0)} + {predicted.get(r.setting, 0)}"

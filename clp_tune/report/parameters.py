@@ -21,6 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from clp_tune.report import adjusted
 from clp_tune.report.markup import TRACE_COLORS, Page, esc, note
 from clp_tune.report.outcomes import BASES, FINISHED, PREDICTED, basis, outcomes
 from clp_tune.report.run import Run
@@ -83,6 +84,7 @@ def render(run: Run, page: Page) -> str:
         ),
     ]
     parts.append(page.figure(*_slices(trials, distributions)))
+    parts.append(adjusted.render_all(run, basis(trials, BASES[0][1])))
     return page.section("params", title, "".join(parts))
 
 
