@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.persistence import SchedulerState, StateStore
-from clp_tune.stopping.policy import Decision, TrajectoryPolicy, TrialState
+from clp_tune.stopping.policy import Decision, TrajectoryPolicy, TrialState, search_context
 from clp_tune.stopping.predictor import Prediction
 from clp_tune.vocabulary import SCHEDULER_JOURNAL_FILE, SCHEDULER_STATE_FILE
 
@@ -165,6 +166,33 @@ def test_budget_reached_is_never_stopped() -> None:
     decision = decide(policy(), trials, "last")
     assert (decision.action, decision.reason, decision.grace) == ("continue", "budget reached", None)
     assert decision.prediction == Prediction(0.1, 0.02)
+
+
+class ContextReader(ConfiguredPredictor):
+    """Also reads the search's context, and keeps the last one it was handed."""
+
+    context: SearchContext | None = None
+
+    def predict_in_context(
+        self, history: Mapping[str, Sequence[float]], config: Mapping[str, Any], budget: int, context: SearchContext
+    ) -> Prediction:
+        self.context = context
+        return self.predict(history, config, budget)
+
+
+def test_a_predictor_that_reads_the_search_gets_the_other_trials() -> None:
+    stopped, diverged = trial(0.2, 3), trial(0.2, 2)
+    stopped.status, diverged.status = "stopped", "diverged"
+    trials = {"ref": finished(0.9), "stopped": stopped, "diverged": diverged, "running": trial(0.5, 4),
+              "poor": trial(0.2, 5)}  # fmt: skip
+    reader = ContextReader()
+    decision = policy().decide("poor", trials, last_result(trials["poor"]), reader)
+    assert decision.action == "stop" and reader.calls == 1
+    context = reader.context
+    assert context == search_context("poor", trials)
+    assert set(context.curves) == {"ref", "stopped", "running"}  # never the trial itself, nor a diverged one
+    assert context.finals == {"ref": 0.9} and context.ended == {"stopped"}
+    assert context.curves["running"] == [0.3] * 4
 
 
 # --- divergence ------------------------------------------------------------------------------------------------

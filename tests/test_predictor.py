@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from clp_tune.bench.synthetic import synthetic_bank
+from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import is_complete, trajectories_from_frame, trajectory_features
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, last_value_prediction
@@ -115,3 +116,45 @@ def test_fits_are_deterministic_whenever_they_happen(banks) -> None:
     b.observe_finished(finished[:-1])
     pa, pb = a.predict(probe.upto(6), probe.config, probe.budget), b.predict(probe.upto(6), probe.config, probe.budget)
     assert pa == pb
+
+
+def _search_of(trajectories: list, i: int, epoch: int) -> SearchContext:
+    """Trajectory i's search: the other trajectories, all cut at ``epoch`` (none finished)."""
+    return SearchContext({str(j): t.history["val_acc"][:epoch] for j, t in enumerate(trajectories) if j != i})
+
+
+def test_in_context_prior_transfers_to_another_accuracy_scale(banks) -> None:
+    """A prior fitted on one task ranks a task whose accuracies live on another scale (squeezed towards 0.97)
+    better than the last value, from where each trial stands in its own search; and stays cheap per call."""
+    train, test = banks
+    squeezed = test.assign(val_acc=0.9 + 0.08 * test["val_acc"])
+    trajectories = [t for t in trajectories_from_frame(squeezed) if is_complete(t)]
+    predictor = FinalAccuracyPredictor(train)
+    epoch = 3
+    truth = [t.final for t in trajectories]
+    predicted = [
+        predictor.predict(t.upto(epoch), t.config, t.budget, _search_of(trajectories, i, epoch))
+        for i, t in enumerate(trajectories)
+    ]
+    rho = spearmanr([p.mean for p in predicted], truth).statistic
+    rho_last = spearmanr([t.history["val_acc"][epoch - 1] for t in trajectories], truth).statistic
+    assert rho > rho_last + 0.1, (rho, rho_last)
+    assert all(0.9 <= p.mean <= 0.99 for p in predicted)  # on the new task's scale, not the bank's
+    started = time.perf_counter()
+    for _ in range(20):
+        predictor.predict(trajectories[0].upto(5), trajectories[0].config, 20, _search_of(trajectories, 0, 5))
+    assert (time.perf_counter() - started) / 20 < 0.02
+
+
+def test_in_context_fits_are_deterministic(banks) -> None:
+    train, test = banks
+    finished = [t for t in trajectories_from_frame(test) if is_complete(t)][:12]
+    probe, context = finished[-1], _search_of(finished, len(finished) - 1, 6)
+    a, b = FinalAccuracyPredictor(train, refit_every=5), FinalAccuracyPredictor(train, refit_every=5)
+    for t in finished[:-1]:
+        a.observe_finished([t])
+        a.predict(probe.upto(6), probe.config, probe.budget, context)
+    b.observe_finished(finished[:-1])
+    assert a.predict(probe.upto(6), probe.config, probe.budget, context) == b.predict(
+        probe.upto(6), probe.config, probe.budget, context
+    )

@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import pickle
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,7 @@ from ray.tune.schedulers import TrialScheduler
 from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.search import run_search
 from clp_tune.spec import parse_spec
-from clp_tune.stopping.bank_library import SHIPPED_BANK
+from clp_tune.stopping.bank_library import SHIPPED_BANK, SUITE
 from clp_tune.stopping.persistence import stopped_outcomes
 from clp_tune.stopping.predictor import FinalAccuracyPredictor
 from clp_tune.stopping.scheduler import TrajectoryScheduler
@@ -264,6 +265,22 @@ def test_state_survives_restore(fitted_predictor, tmp_path: Path) -> None:
         pd.testing.assert_frame_equal(got, expected_decisions)
 
 
+def test_decisions_stay_fast_in_context(fitted_predictor) -> None:
+    """Every result is decided in the search's context (once enough trials are there) without refitting."""
+    scheduler = make_scheduler(fitted_predictor)
+    timings = []
+    for trial_id, cfg, rows in _trials() + [(f"x{i}", c, r) for i, (_, c, r) in enumerate(_trials())]:
+        scheduler.on_trial_add(None, FakeTrial(trial_id, cfg))
+        for row in rows:
+            started = time.perf_counter()
+            action = scheduler.on_trial_result(None, FakeTrial(trial_id, cfg), dict(row))
+            timings.append(time.perf_counter() - started)
+            if action == TrialScheduler.STOP:
+                break
+        scheduler.on_trial_complete(None, FakeTrial(trial_id, cfg), dict(row))
+    assert sorted(timings)[len(timings) // 2] < 0.01
+
+
 def test_decisions_parquet_is_written(fitted_predictor, tmp_path: Path) -> None:
     scheduler = make_scheduler(fitted_predictor, tmp_path)
     _search(scheduler, _trials()[:5])
@@ -280,17 +297,16 @@ def test_decisions_parquet_is_written(fitted_predictor, tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*tmp"))  # temp files renamed into place
 
 
-def test_default_prior_only_for_its_dataset(tmp_path: Path) -> None:
-    """The shipped mnist1d bank is the default prior for mnist1d searches only; a given bank always applies."""
+def test_default_prior_is_every_shipped_bank_for_any_dataset(tmp_path: Path) -> None:
+    """Without a bank, the prior is fitted on every shipped suite bank (ids prefixed with their task), whatever the
+    search's dataset; a given bank is the prior alone."""
     digits = TrajectoryScheduler(budget=BUDGET)
     digits.set_search_properties("val_acc", "max")
     digits.on_trial_add(None, FakeTrial("d", {**config(), "dataset": "digits"}))
-    assert digits.predictor._bank == []
+    shipped = [task for task in SUITE.values() if task.path.is_file()]
+    assert SHIPPED_BANK.is_file() and shipped, f"the shipped bank {SHIPPED_BANK} is missing"
+    assert {i.split("/")[0] for i in digits.predictor.prior_trial_ids} == {task.name for task in shipped}
     synthetic_bank(10, BUDGET, seed=1).to_parquet(tmp_path / "bank.parquet")
     given = TrajectoryScheduler(budget=BUDGET, bank=str(tmp_path / "bank.parquet"))
     given.on_trial_add(None, FakeTrial("d", {**config(), "dataset": "digits"}))
-    assert len(given.predictor._bank) == 10
-    assert SHIPPED_BANK.is_file(), f"the shipped bank {SHIPPED_BANK} is missing"
-    mnist = TrajectoryScheduler(budget=BUDGET)
-    mnist.on_trial_add(None, FakeTrial("m", {**config(), "dataset": "mnist1d"}))
-    assert len(mnist.predictor._bank) > 0
+    assert sorted(given.predictor.prior_trial_ids) == [f"s1_{i:03d}" for i in range(10)]

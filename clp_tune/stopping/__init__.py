@@ -1,8 +1,10 @@
 """Stopping hopeless trials: predict each trial's final accuracy from its trajectory and stop those unlikely to win.
 
-``predictor`` turns a partial trajectory into a predictive distribution of the final val_acc, from the features of
-``features`` and the curve extrapolation of ``curves``; ``policy`` decides continue or stop from the trials'
-states (pure, no Ray); ``persistence`` keeps the decisions across a driver crash; ``scheduler`` is the Ray Tune
-adapter; ``factory`` builds every scheduler a search or benchmark uses; ``bank_library`` finds the recorded
-trajectories the predictor's prior is fitted on.
+``curves`` (parametric extrapolation), ``features`` (a partial trajectory's features), ``context`` (where a trial
+stands among the other trials of its search), ``incontext`` (the scale-free model that transfers across tasks),
+``prior`` (the shipped banks pooled), ``calibration`` (online conformal recalibration) and ``predictor`` turn a
+partial trajectory into a predictive distribution of the final val_acc; ``transfer`` measures that leave-task-out.
+``policy`` decides continue or stop from the trials' histories (pure, no Ray); ``persistence`` keeps the decisions
+across a driver crash; ``scheduler`` is the Ray Tune adapter; ``factory`` builds every scheduler a search or
+benchmark uses; ``bank_library`` names the shipped banks the prior is fitted on.
 """

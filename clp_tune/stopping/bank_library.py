@@ -16,8 +16,6 @@ if TYPE_CHECKING:
 
 BANKS_DIR = Path(__file__).parent / "banks"
 SHIPPED_BANK = BANKS_DIR / "bank_mnist1d.parquet"
-#: The dataset the shipped bank was recorded on: its curves would mislead the prior on other datasets.
-SHIPPED_BANK_DATASET = "mnist1d"
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@ trial's final accuracy, continue or stop one trial.
 
 ASHA and the median rule compare *current* values at fixed times; with crossing learning curves (strong dropout,
 label noise or a small learning rate rise late) they stop the late bloomers. This rule instead asks the predictor
-(:mod:`clp_tune.stopping.predictor`) for P(final val_acc > the k-th best final) and stops a trial once that falls
-below ``delta``. The k-th best is taken over the finals of finished trials; while fewer than k have finished, the
-predicted finals of running trials past their grace point fill in (at a pessimistic quantile), and with fewer
-than k values nothing stops.
+(:mod:`clp_tune.stopping.predictor`) for P(final val_acc > the k-th best final), handing it the other trials of
+the search (:func:`search_context`: a prior fitted on other tasks reads a trial's standing among them), and stops
+a trial once that falls below ``delta``. The k-th best is taken over the finals of finished trials; while fewer
+than k have finished, the predicted finals of running trials past their grace point fill in (at a pessimistic
+quantile), and with fewer than k values nothing stops.
 A trial is never judged before its grace point:
 
 * ``min_fraction`` of the budget, and no earlier than the epoch the trial's critical-period detector fired
@@ -30,14 +31,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.features import HISTORY_COLUMNS, planned_epochs
-from clp_tune.stopping.predictor import Prediction, Predictor
+from clp_tune.stopping.predictor import Prediction, Predictor, ask
 from clp_tune.trial.detectors import DETECTORS as DETECTOR_RULES
 from clp_tune.vocabulary import DETECTOR_INPUT, DETECTORS, TRAJECTORY_OPTIONS
 
 DIVERGENCE_LOSS_FACTOR = 3.0
 #: The statuses a decision to stop leaves a trial in (a trial that then fails turns "error", as Ray reports it).
 STOP_OUTCOMES = ("stopped", "diverged")
+#: The statuses of a trial that reports no more epochs (unless Ray retries an errored one).
+ENDED = ("stopped", "diverged", "error", "removed")
 #: Quantile at which a running trial's predicted final stands in for a missing final: a prior that flatters the
 #: running trials must not stop others.
 _STAND_IN_QUANTILE = 0.1
@@ -146,6 +150,19 @@ class TrialState:
         return {c: [math.nan if v is None else v for v in values] for c, values in self.history.items()}
 
 
+def search_context(trial_id: str, trials: Mapping[str, TrialState]) -> SearchContext:
+    """The other trials of the search as ``trial_id``'s predictor sees them: their val_acc so far, the finals of
+    the finished ones, and which have ended. A diverged trial's values say nothing of how the search learns (a
+    bank holds no diverged curves either), so it is left out. The lists are the states' own, not copies: the
+    context is read at once and never kept."""
+    others = {tid: s for tid, s in trials.items() if tid != trial_id and s.status != "diverged"}
+    return SearchContext(
+        {tid: s.history.get("val_acc", []) for tid, s in others.items()},
+        {tid: s.final for tid, s in others.items() if s.final is not None},
+        frozenset(tid for tid, s in others.items() if s.status in ENDED),
+    )
+
+
 def _default(option: str) -> Any:
     return TRAJECTORY_OPTIONS[option].default
 
@@ -211,7 +228,7 @@ class TrajectoryPolicy:
             return Decision(**ruling, action="stop", reason=f"diverged: {diverged}", status="diverged")
         if "val_acc" not in result:
             return Decision(**ruling, action="continue", reason="no val_acc in this result")
-        prediction = predictor.predict(state.series(), state.config, state.budget)
+        prediction = ask(predictor, state.series(), state.config, state.budget, search_context(trial_id, trials))
         if state.epochs[-1] >= state.budget:
             return Decision(**ruling, action="continue", reason="budget reached", prediction=prediction)
         grace = self.grace(state, result)

@@ -3,19 +3,22 @@
 Early curves cross: trials slowed by strong regularization (dropout, label noise, a small learning rate) rise
 late (Shalova et al., arXiv 2404.12293), and a cosine schedule lifts every curve near its end. The last value is
 therefore a biased guess, and a scheduler that stops trials needs a *distribution* of the final value, not a
-point. Three ingredients, from cheapest to most informed:
+point. Four ingredients, from cheapest to most informed:
 
 * a parametric learning-curve extrapolation (:mod:`clp_tune.stopping.curves`): always available, needs nothing
   else;
-* a prior learned on a trajectory bank (one row per trial-epoch, see :data:`~clp_tune.stopping.features.BANK_DOC`):
-  gradient-boosted trees map features of the partial trajectory at budget fraction f
-  (:mod:`clp_tune.stopping.features`) to the gain still to come, and a second model maps the same features to the
-  size of its out-of-fold errors;
-* online learning from the trials this search has finished: every finished trial is a fresh out-of-sample test
-  of the current model at each fraction (bias and spread are recalibrated at once, shrunk towards none), and
-  the trees are refitted with the search's own trials every few finished trials.
+* trees fitted on trajectories (a bank, one row per trial-epoch, see
+  :data:`~clp_tune.stopping.features.BANK_DOC`, and the search's finished trials): they map features of the
+  partial trajectory at budget fraction f (:mod:`clp_tune.stopping.features`) to the gain still to come, and a
+  second model maps the same features to the size of its out-of-fold errors; refitted with the search's own
+  trials every few finished trials. Their absolute levels tie them to the bank's task;
+* the in-context model (:mod:`clp_tune.stopping.incontext`), fitted on the bank's tasks: the trial's position
+  among the other trials of its search at the same epoch maps to its final in units of that search, so a prior
+  fitted on other tasks applies to a new one. Used whenever the search has enough trials at the trial's epoch;
+* online recalibration from the trials this search has finished (:mod:`clp_tune.stopping.calibration`): each is
+  a fresh out-of-sample test of the model that would have judged it, at each fraction.
 
-The model is fitted (and cached) for the set of feature columns a trial actually has.
+Each tree model is fitted (and cached) for the set of feature columns a trial actually has.
 """
 
 from __future__ import annotations
@@ -23,17 +26,18 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from clp_tune.stopping.calibration import MIN_STD, ConformalCalibration
+from clp_tune.stopping.context import SearchContext, context_features
 from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import (
     FEATURES,
-    FRACTIONS,
     History,
     Trajectory,
     cut_epochs,
@@ -42,8 +46,8 @@ from clp_tune.stopping.features import (
     trajectories_from_frame,
     trajectory_features,
 )
-
-MIN_STD = 0.004  # one validation sample in a few hundred: below this a spread is false precision
+from clp_tune.stopping.incontext import InContextModel, spread_at, trees
+from clp_tune.stopping.prior import pooled, suite_banks, task_of
 
 
 @dataclass(frozen=True)
@@ -75,47 +79,6 @@ class _Fitted:
         return np.where(np.isnan(x), self.medians, x)
 
 
-def _trees(n_estimators: int, depth: int, learning_rate: float, seed: int):
-    from sklearn.ensemble import GradientBoostingRegressor
-
-    # Plain (not histogram) boosting: predicting one row takes ~0.2 ms instead of ~10 ms of thread start-up;
-    # row and feature subsampling keep a fit on a few thousand rows around a second.
-    return GradientBoostingRegressor(
-        n_estimators=n_estimators, max_depth=depth, learning_rate=learning_rate, subsample=0.7, max_features=0.5,
-        min_samples_leaf=8, random_state=seed,
-    )  # fmt: skip
-
-
-@dataclass
-class _Calibration:
-    """Online bias and spread correction per budget fraction, from this search's finished trials.
-
-    Each finished trial was unseen by the model that judged it, so its residuals at every fraction are honest
-    tests. Under early stopping the finished trials are the promising ones, so the correction is tuned where the
-    decisions are close. Both corrections are shrunk towards "none" with ``strength`` pseudo-observations.
-    """
-
-    strength: float = 5.0
-    residuals: dict[int, list[tuple[float, float]]] = field(default_factory=dict)  # bin -> (error, predicted std)
-
-    @staticmethod
-    def bin(fraction: float) -> int:
-        return int(np.argmin([abs(fraction - f) for f in FRACTIONS]))
-
-    def add(self, fraction: float, error: float, std: float) -> None:
-        self.residuals.setdefault(self.bin(fraction), []).append((error, std))
-
-    def correct(self, fraction: float, mean: float, std: float) -> tuple[float, float]:
-        seen = self.residuals.get(self.bin(fraction))
-        if not seen:
-            return mean, std
-        errors = np.array([e for e, _ in seen])
-        z2 = np.array([(e / max(s, MIN_STD)) ** 2 for e, s in seen])
-        bias = errors.sum() / (len(errors) + self.strength)
-        scale = math.sqrt((z2.sum() + self.strength) / (len(z2) + self.strength))
-        return mean + bias, std * scale
-
-
 class Predictor(Protocol):
     """What the scheduler needs from a predictor."""
 
@@ -124,20 +87,49 @@ class Predictor(Protocol):
     def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None: ...
 
 
-class FinalAccuracyPredictor:
-    """Predictive distribution of a trial's final val_acc from its partial trajectory.
+@runtime_checkable
+class InContextPredictor(Protocol):
+    """A predictor that also reads the other trials of the search (the policy hands them to those that can)."""
 
-    Fits are deterministic functions of (bank, the finished trials of the search in order): the trees for a
-    feature set are fitted on the bank plus the search's trials up to the last refit point, and the error trees
-    on the data of the first point with enough trials. So a predictor fed the same finished trials in the same
-    order predicts the same, whenever its lazy fits happen (a resumed search relies on this).
+    def predict_in_context(
+        self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext
+    ) -> Prediction: ...
+
+
+def ask(
+    predictor: Predictor, history: History, config: Mapping[str, Any], budget: int, context: SearchContext
+) -> Prediction:
+    """The predictor's prediction, in the search's context when it reads one (a predictor written for trials
+    alone, such as a benchmark's wrapper, is asked without)."""
+    if isinstance(predictor, InContextPredictor):
+        return predictor.predict_in_context(history, config, budget, context)
+    return predictor.predict(history, config, budget)
+
+
+def _own_context(trajectories: Sequence[Trajectory]) -> SearchContext:
+    """Finished trials as a search context: whole curves, finals known."""
+    return SearchContext({str(i): t.history["val_acc"] for i, t in enumerate(trajectories)},
+                         {str(i): t.final for i, t in enumerate(trajectories)})  # fmt: skip
+
+
+class FinalAccuracyPredictor:
+    """Predictive distribution of a trial's final val_acc from its partial trajectory and its search.
+
+    Fits are deterministic functions of (bank, the finished trials of the search in order): the gain trees for a
+    feature set are fitted on the bank plus the search's trials up to the last refit point, the error trees on
+    the data of the first point with enough trials, the in-context model on the bank alone; a finished trial is
+    scored in the context of the trials finished before it. So a predictor fed the same finished trials in the
+    same order predicts the same, whenever its lazy fits happen (a resumed search relies on this).
 
     Args:
-        bank: trajectory bank (frame in the bank schema) to fit the prior on; None for online learning only.
+        bank: trajectory bank (frame in the bank schema) to fit the prior on; None for none. Trial ids
+            ``<task>/<id>`` group a pooled bank's trials into tasks (:mod:`clp_tune.stopping.prior`).
         refit_every: refit the gain trees after this many newly finished trials of the search (0: never).
         own_weight: weight of this search's finished trials relative to bank trials when refitting.
         min_trials: fewest complete trajectories before trees are fitted (below: curve extrapolation only).
         seed: seed of the trees' subsampling.
+        tasks: shipped suite tasks (``clp_tune.stopping.bank_library.SUITE`` names) whose banks join the prior;
+            a benchmark leaves out the task it evaluates. Missing bank files are skipped with a warning.
     """
 
     def __init__(
@@ -147,22 +139,30 @@ class FinalAccuracyPredictor:
         own_weight: float = 2.0,
         min_trials: int = 8,
         seed: int = 0,
+        tasks: Sequence[str] = (),
     ):
         self.refit_every = refit_every
         self.own_weight = own_weight
         self.min_trials = min_trials
         self.seed = seed
-        self._bank = [] if bank is None else [t for t in trajectories_from_frame(bank) if is_complete(t)]
+        frames = [] if bank is None else [bank]
+        suite = suite_banks(tasks) if tasks else {}
+        if suite:
+            frames.append(pooled(suite))
+        self._bank = [] if not frames else [
+            t for t in trajectories_from_frame(pd.concat(frames, ignore_index=True)) if is_complete(t)
+        ]  # fmt: skip
         self._own: list[Trajectory] = []
         self._own_at_fit = 0  # the search's trials the gain trees are fitted on: self._own[:self._own_at_fit]
         self._fitted: dict[frozenset[str], _Fitted | None] = {}
         self._stale: set[frozenset[str]] = set()
-        self._examples_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # by position in bank + own
-        self._calibration = _Calibration()
+        self._examples_cache: dict[int, tuple[list[dict[str, float]], np.ndarray, np.ndarray]] = {}
+        self._incontext: InContextModel | None = None
+        self._calibration = ConformalCalibration()
 
     def __deepcopy__(self, memo: dict) -> FinalAccuracyPredictor:
         """A copy with its own online state that shares what never changes after creation: the bank's
-        trajectories, cached examples and fitted trees (refits replace trees, never modify them)."""
+        trajectories, cached examples and fitted models (refits replace trees, never modify them)."""
         new = copy.copy(self)
         new._own = list(self._own)
         new._fitted = dict(self._fitted)
@@ -171,27 +171,37 @@ class FinalAccuracyPredictor:
         new._calibration = copy.deepcopy(self._calibration, memo)
         return new
 
+    @property
+    def prior_trial_ids(self) -> list[str]:
+        """The trial ids of the bank trajectories the prior is fitted on (pooled ids carry their task)."""
+        return [str(t.config["trial_id"]) for t in self._bank]
+
     # -- learning -------------------------------------------------------------------------------------------
 
     def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None:
         """Learn from trials of this search that ran their whole budget (bank-schema rows or trajectories).
 
-        Each is first scored by the current model at every fraction (honest out-of-sample residuals that
-        recalibrate bias and spread at once), then kept for the next refit.
+        Each is first scored at every fraction by the model that would have judged it, in the context of the
+        trials finished before it (honest out-of-sample residuals that recalibrate bias and spread), then kept
+        for the next refit.
         """
         trajectories = trajectories_from_frame(rows) if isinstance(rows, pd.DataFrame) else list(rows)
         for trajectory in filter(is_complete, trajectories):
+            context = _own_context(self._own)
             for epoch in cut_epochs(trajectory.budget):
-                raw = self._raw_predict(trajectory.upto(epoch), trajectory.config, trajectory.budget)
-                self._calibration.add(epoch / trajectory.budget, trajectory.final - raw.mean, raw.std)
+                model, raw = self._raw_predict(trajectory.upto(epoch), trajectory.config, trajectory.budget, context)
+                self._calibration.add(model, epoch / trajectory.budget, trajectory.final - raw.mean, raw.std)
             self._own.append(trajectory)
             if self.refit_every and len(self._own) - self._own_at_fit >= self.refit_every:
                 self._own_at_fit = len(self._own)
                 self._stale = set(self._fitted)  # refitted lazily, per feature set, on the next prediction
 
-    def _examples_of(self, position: int, trajectory: Trajectory) -> tuple[np.ndarray, np.ndarray]:
-        """Features (one row per cut, columns as FEATURES) and gain still to come of one trajectory; cached by
-        its position in bank + own, which never changes (the bank is fixed, own trials are only appended)."""
+    def _examples_of(
+        self, position: int, trajectory: Trajectory
+    ) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:
+        """Feature rows (one per cut), their matrix (columns as FEATURES) and the gain still to come of one
+        trajectory; cached by its position in bank + own, which never changes (the bank is fixed, own trials are
+        only appended)."""
         if position not in self._examples_cache:
             rows = [
                 trajectory_features(trajectory.upto(epoch), trajectory.config, trajectory.budget)
@@ -199,7 +209,7 @@ class FinalAccuracyPredictor:
             ]
             x = np.array([[r[c] for c in FEATURES] for r in rows], dtype=float).reshape(len(rows), len(FEATURES))
             gains = trajectory.final - x[:, FEATURES.index("val_acc_level")]
-            self._examples_cache[position] = (x, gains)
+            self._examples_cache[position] = (rows, x, gains)
         return self._examples_cache[position]
 
     def _examples(self, columns: list[str], n_own: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -208,7 +218,7 @@ class FinalAccuracyPredictor:
         xs, ys, ws, groups = [], [], [], []
         weighted = [(t, 1.0) for t in self._bank] + [(t, self.own_weight) for t in self._own[:n_own]]
         for position, (trajectory, w) in enumerate(weighted):
-            x, gains = self._examples_of(position, trajectory)
+            _, x, gains = self._examples_of(position, trajectory)
             xs.append(x[:, index])
             ys.append(gains)
             ws.append(np.full(len(gains), w))
@@ -244,17 +254,37 @@ class FinalAccuracyPredictor:
             oof = np.zeros_like(ye)
             for k in range(3):
                 test = folds == k
-                model = _trees(60, 3, 0.1, self.seed + k).fit(xe[~test], ye[~test], sample_weight=we[~test])
+                model = trees(60, 3, 0.1, self.seed + k).fit(xe[~test], ye[~test], sample_weight=we[~test])
                 oof[test] = model.predict(xe[test])
-            error = _trees(50, 2, 0.1, self.seed + 7).fit(xe, np.abs(ye - oof), sample_weight=we)
-        gain = _trees(200, 4, 0.05, self.seed).fit(x, y, sample_weight=w)
+            error = trees(50, 2, 0.1, self.seed + 7).fit(xe, np.abs(ye - oof), sample_weight=we)
+        gain = trees(200, 4, 0.05, self.seed).fit(x, y, sample_weight=w)
         return _Fitted(columns, medians, gain, error)
+
+    def _incontext_model(self) -> InContextModel:
+        """The in-context model on the bank's tasks, built on first use (it shares the gain trees' examples)."""
+        if self._incontext is None:
+            by_task: dict[str, tuple[list[Trajectory], list[list[dict[str, float]]]]] = {}
+            for position, trajectory in enumerate(self._bank):
+                trajectories, rows = by_task.setdefault(task_of(str(trajectory.config["trial_id"])), ([], []))
+                trajectories.append(trajectory)
+                rows.append(self._examples_of(position, trajectory)[0])
+            self._incontext = InContextModel(list(by_task.values()), self.seed)
+        return self._incontext
 
     # -- predicting -----------------------------------------------------------------------------------------
 
-    def _raw_predict(self, history: History, config: Mapping[str, Any], budget: int) -> Prediction:
+    def _raw_predict(
+        self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext | None
+    ) -> tuple[str, Prediction]:
+        """The uncalibrated prediction and the model that made it: ``context``, ``trees`` or ``curve``."""
         feats = trajectory_features(history, config, budget)
-        available = frozenset(k for k, v in feats.items() if not math.isnan(v))  # the columns this trial reports
+        spread = spread_at(len(history["val_acc"]), context)
+        if spread is not None and self._bank:
+            feats.update(context_features(history["val_acc"], context))
+            predicted = self._incontext_model().predict(feats, spread)
+            if predicted is not None:
+                return "context", Prediction(float(np.clip(predicted[0], 0, 1)), max(predicted[1], MIN_STD))
+        available = frozenset(k for k in FEATURES if not math.isnan(feats[k]))  # the columns this trial reports
         if available not in self._fitted or available in self._stale:
             self._fitted[available] = self._fit(available)
             self._stale.discard(available)
@@ -264,14 +294,18 @@ class FinalAccuracyPredictor:
             # Curve extrapolation alone: trust it half-way and keep a spread that shrinks with what is left.
             mean = feats["val_acc_level"] + 0.5 * feats["curve_gain"]
             std = math.hypot(feats["curve_disagreement"] + 0.5 * abs(feats["curve_gain"]), 0.15 * remaining)
-            return Prediction(float(np.clip(mean, 0, 1)), max(std, MIN_STD))
+            return "curve", Prediction(float(np.clip(mean, 0, 1)), max(std, MIN_STD))
         x = fitted.matrix([feats])
         gain = float(fitted.gain.predict(x)[0])
         std = math.sqrt(math.pi / 2) * max(float(fitted.error.predict(x)[0]), 0.0)
-        return Prediction(float(np.clip(feats["val_acc_level"] + gain, 0, 1)), max(std, MIN_STD))
+        return "trees", Prediction(float(np.clip(feats["val_acc_level"] + gain, 0, 1)), max(std, MIN_STD))
 
     def predict(
-        self, history: History, config: Mapping[str, Any] | None = None, budget: int | None = None
+        self,
+        history: History,
+        config: Mapping[str, Any] | None = None,
+        budget: int | None = None,
+        context: SearchContext | None = None,
     ) -> Prediction:
         """Predict the final val_acc of a trial seen up to epoch len(history["val_acc"]).
 
@@ -279,12 +313,19 @@ class FinalAccuracyPredictor:
             history: column -> per-epoch values (index i is the value after epoch i+1); val_acc is required.
             config: the trial's hyperparameters (plain keys or ``config/<key>``); may be empty.
             budget: the trial's planned epochs (default: config's ``epochs``, else the epochs seen).
+            context: the other trials of its search (None: the trial is judged alone).
         """
         config = config or {}
         budget = budget or planned_epochs(config, len(history["val_acc"]))
-        raw = self._raw_predict(history, config, budget)
-        mean, std = self._calibration.correct(len(history["val_acc"]) / budget, raw.mean, raw.std)
+        model, raw = self._raw_predict(history, config, budget, context)
+        mean, std = self._calibration.correct(model, len(history["val_acc"]) / budget, raw.mean, raw.std)
         return Prediction(float(np.clip(mean, 0, 1)), max(std, MIN_STD))
+
+    def predict_in_context(
+        self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext
+    ) -> Prediction:
+        """:meth:`predict` with the search's other trials (what the policy calls)."""
+        return self.predict(history, config, budget, context)
 
 
 def last_value_prediction(history: History) -> float:

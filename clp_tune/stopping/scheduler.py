@@ -3,13 +3,13 @@
 The rule lives in :mod:`clp_tune.stopping.policy` (pure, tested without Ray), the prediction in
 :mod:`clp_tune.stopping.predictor` and the state that survives ``Tuner.restore`` in
 :mod:`clp_tune.stopping.persistence`. This module only connects them to Ray: it records each result in the
-trial's state, asks the policy, keeps the decision, chooses the bank the default predictor's prior is fitted on,
-and keeps the pickle Ray saves small (the predictor is rebuilt, the state reloaded from the run directory).
+trial's state, asks the policy, keeps the decision, builds the default predictor (its prior fitted on a given
+bank, else on every shipped bank), and keeps the pickle Ray saves small (the predictor is rebuilt, the state
+reloaded from the run directory).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,17 +17,16 @@ import pandas as pd
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from clp_tune.stopping.bank_library import SHIPPED_BANK, SHIPPED_BANK_DATASET
+from clp_tune.stopping.bank_library import SUITE
+from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.features import History, Trajectory, planned_epochs
 from clp_tune.stopping.persistence import SchedulerState, StateStore
 from clp_tune.stopping.policy import TrajectoryPolicy, TrialState
-from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor
+from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor, ask
 from clp_tune.vocabulary import TRAJECTORY_OPTIONS
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
-
-logger = logging.getLogger(__name__)
 
 
 def _scalar_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,13 +35,18 @@ def _scalar_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 class _OnDemandPredictor:
     """The scheduler's predictor as the policy sees it: built, and brought up to date with the finished trials,
-    only when the policy asks for a prediction (the default bank depends on the trials known by then)."""
+    only when the policy asks for a prediction (a search that stops no trial never fits a prior)."""
 
     def __init__(self, scheduler: TrajectoryScheduler):
         self._scheduler = scheduler
 
     def predict(self, history: History, config: Mapping[str, Any], budget: int) -> Prediction:
         return self._scheduler.predictor.predict(history, config, budget)
+
+    def predict_in_context(
+        self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext
+    ) -> Prediction:
+        return ask(self._scheduler.predictor, history, config, budget, context)
 
     def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None:
         self._scheduler.predictor.observe_finished(rows)
@@ -68,8 +72,9 @@ class TrajectoryScheduler(FIFOScheduler):
             None keeps everything in memory. State found there is loaded (a resumed search).
         predictor: a :class:`~clp_tune.stopping.predictor.Predictor`; default: a ``FinalAccuracyPredictor`` fitted
             on ``bank``.
-        bank: bank Parquet for the default predictor; default: the shipped mnist1d bank for mnist1d searches,
-            else none (the predictor learns from this search's finished trials only).
+        bank: bank Parquet for the default predictor's prior; default: every shipped suite bank
+            (``clp_tune.stopping.bank_library.SUITE``), for any dataset: the prior reads each trial's standing in
+            its own search, which transfers between tasks.
         snapshot_every: also snapshot after this many results (bounds the journal's length).
     """
 
@@ -205,21 +210,13 @@ class TrajectoryScheduler(FIFOScheduler):
     def predictor(self) -> Predictor:
         """The predictor, built on first use and brought up to date with the trials finished so far."""
         if self._predictor is None:
-            self._predictor = FinalAccuracyPredictor(self._default_bank())
+            if self.bank:
+                self._predictor = FinalAccuracyPredictor(pd.read_parquet(self.bank))
+            else:
+                self._predictor = FinalAccuracyPredictor(tasks=tuple(SUITE))
             self._predictor_seen = 0
         for trial_id in self._state.finished_order[self._predictor_seen :]:
             state = self._state.trials[trial_id]
             self._predictor.observe_finished([Trajectory(state.series(), state.config, state.budget)])
         self._predictor_seen = len(self._state.finished_order)
         return self._predictor
-
-    def _default_bank(self) -> pd.DataFrame | None:
-        """``bank`` when given; else the shipped mnist1d bank, but only for mnist1d searches (its curves would
-        mislead the prior elsewhere); else none: the predictor then learns from this search alone."""
-        if self.bank:
-            return pd.read_parquet(self.bank)
-        datasets = {s.config.get("dataset") for s in self._state.trials.values()} - {None}
-        if SHIPPED_BANK.is_file() and datasets <= {SHIPPED_BANK_DATASET}:
-            return pd.read_parquet(SHIPPED_BANK)
-        logger.info("TrajectoryScheduler: no trajectory bank for %s; learning from this search only", datasets)
-        return None

@@ -1,0 +1,138 @@
+"""Where a trial stands in its own search: features of its value at epoch t against the other trials at epoch t.
+
+A prior fitted on other tasks cannot read absolute accuracies: 0.9 is poor on digits and good on a hard tabular
+task. What transfers is the trial's position among the trials of *this* search at the same epoch -- its quantile,
+its distance to the leaders and to the incumbent, in units of the search's own spread at that epoch -- and a
+target in those units (:func:`scale`). Distances are taken between log-odds (:func:`logit`): 0.97 against 0.99
+is as large a step as 0.5 against 0.75, and a prediction mapped back from log-odds never leaves [0, 1]. Trials of
+one search share a budget, so they are compared epoch by epoch.
+
+The other trials' curves are known up to where they are: a trial that has not reached epoch t yet is left out; a
+trial stopped before t counts with its last value (it was judged hopeless, and leaving it out would make the
+survivors look like the whole search).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clp_tune.stopping.curves import SMOOTH
+
+#: The k of "gap to the k-th best value at this epoch".
+CONTEXT_K = 3
+#: Fewest other trials at an epoch for the in-context features to mean anything (else they are NaN).
+CONTEXT_MIN = 4
+#: Floor of the search's spread in log-odds (about one validation sample in a hundred at 0.5): below it, gaps are
+#: noise.
+MIN_SPREAD = 0.05
+_EDGE = 1e-3  # accuracies are clipped to [_EDGE, 1 - _EDGE] before their log-odds are taken
+CONTEXT_FEATURES = (
+    "ctx_quantile",
+    "ctx_z",
+    "ctx_gap_top",
+    "ctx_gap_kth",
+    "ctx_gap_incumbent",
+    "ctx_incumbent_gain",
+    "ctx_log_spread",
+    "ctx_rise_z",
+)
+
+Curve = Sequence[float | None]
+
+
+def level_at(curve: Curve, epoch: int) -> float:
+    """Mean of the finite values of the last :data:`SMOOTH` epochs up to ``epoch`` (NaN where none is finite)."""
+    values = [v for v in curve[max(0, epoch - SMOOTH) : epoch] if v is not None and math.isfinite(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """The other trials of a search as one trial's predictor sees them.
+
+    Args:
+        curves: trial id -> its val_acc per recorded epoch (index i: epoch i+1; None where not finite).
+        finals: trial id -> final val_acc, for the trials that finished their budget.
+        ended: trials that will report no more epochs (stopped, diverged): counted with their last value.
+    """
+
+    curves: Mapping[str, Curve]
+    finals: Mapping[str, float] = field(default_factory=dict)
+    ended: frozenset[str] = frozenset()
+
+    def values_at(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The other trials' levels at ``epoch`` and :data:`SMOOTH` epochs before (see the module docstring for
+        who counts; an ended trial has stopped rising)."""
+        now, before = [], []
+        for trial_id, curve in self.curves.items():
+            if len(curve) >= epoch:
+                now.append(level_at(curve, epoch))
+                before.append(level_at(curve, max(1, epoch - SMOOTH)))
+            elif trial_id in self.ended and curve:
+                now.append(level_at(curve, len(curve)))
+                before.append(now[-1])
+        keep = np.isfinite(now) & np.isfinite(before)
+        return np.asarray(now, dtype=float)[keep], np.asarray(before, dtype=float)[keep]
+
+    def incumbent(self) -> str | None:
+        """The finished trial with the best final (ties: the first), or None."""
+        return max(self.finals, key=lambda t: self.finals[t], default=None)
+
+
+def logit(p: np.ndarray | float) -> np.ndarray:
+    """Log-odds of accuracies, clipped away from 0 and 1."""
+    q = np.clip(p, _EDGE, 1 - _EDGE)
+    return np.log(q / (1 - q))
+
+
+def expit(u: float) -> float:
+    """The accuracy of log-odds ``u``."""
+    return float(1 / (1 + np.exp(-u)))
+
+
+def scale(values: np.ndarray) -> float:
+    """The search's spread at an epoch (of log-odds): the unit of every gap and of the target."""
+    return max(float(np.std(values)), MIN_SPREAD)
+
+
+def context_features(curve: Curve, context: SearchContext | None) -> dict[str, float]:
+    """In-context features of a trial whose val_acc so far is ``curve``; NaN where the search cannot say."""
+    out = dict.fromkeys(CONTEXT_FEATURES, math.nan)
+    if context is None:
+        return out
+    epoch = len(curve)
+    level, before = level_at(curve, epoch), level_at(curve, max(1, epoch - SMOOTH))
+    values, earlier = context.values_at(epoch)
+    if len(values) < CONTEXT_MIN or not math.isfinite(level) or not math.isfinite(before):
+        return out
+    values, level = logit(values), float(logit(level))
+    rises, rise = values - logit(earlier), level - float(logit(before))
+    spread = scale(values)
+    ranked = np.sort(values)[::-1]
+    out["ctx_quantile"] = float((np.sum(values < level) + 0.5 * np.sum(values == level)) / len(values))
+    out["ctx_z"] = (level - float(np.mean(values))) / spread
+    out["ctx_gap_top"] = (level - float(ranked[0])) / spread
+    out["ctx_gap_kth"] = (level - float(ranked[min(CONTEXT_K, len(ranked)) - 1])) / spread
+    out["ctx_log_spread"] = math.log10(spread)
+    out["ctx_rise_z"] = (rise - float(np.mean(rises))) / scale(rises)
+    incumbent = context.incumbent()
+    if incumbent is not None:
+        at_epoch = level_at(context.curves[incumbent], epoch)
+        if math.isfinite(at_epoch):
+            at_epoch = float(logit(at_epoch))
+            out["ctx_gap_incumbent"] = (level - at_epoch) / spread
+            out["ctx_incumbent_gain"] = (float(logit(context.finals[incumbent])) - at_epoch) / spread
+    return out
+
+
+def bank_context(
+    curves: Sequence[Curve], finals: Sequence[float], member: int, finished: Sequence[int]
+) -> SearchContext:
+    """The context of trial ``member`` of a bank: every other trial of its task, ``finished`` of them with known
+    finals (the rest as if still running); what a search whose trials all reached the cut epoch would show."""
+    others = {str(i): curves[i] for i in range(len(curves)) if i != member}
+    return SearchContext(others, {str(i): finals[i] for i in finished if i != member})

@@ -1,0 +1,75 @@
+"""The prior that transfers: in-context features, online recalibration and the leave-task-out evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from clp_tune.bench.synthetic import synthetic_bank
+from clp_tune.stopping.calibration import COVERAGE, ConformalCalibration
+from clp_tune.stopping.context import CONTEXT_FEATURES, SearchContext, context_features
+from clp_tune.stopping.prior import pooled, task_of
+from clp_tune.stopping.transfer import PREDICTORS, leave_task_out
+
+
+def test_leave_task_out_never_judges_a_task_its_prior_saw() -> None:
+    banks = {"small": synthetic_bank(12, 10, seed=5), "long": synthetic_bank(10, 16, seed=6, statistics=False)}
+    results = {r.task: r for r in leave_task_out(banks, fractions=(0.25, 0.5))}
+    assert results["small"].prior_trial_ids == {f"long/s6_{i:03d}" for i in range(10)}
+    assert results["long"].prior_trial_ids == {f"small/s5_{i:03d}" for i in range(12)}
+    for result in results.values():
+        table = result.table
+        assert list(table["fraction"]) == [0.25, 0.5]
+        assert set(PREDICTORS) | {"last_value", "coverage"} <= set(table.columns)
+        assert table["coverage"].between(0, 1).all() and table["last_value"].notna().all()
+    with pytest.raises(ValueError, match="two banks"):
+        leave_task_out({"small": banks["small"]})
+
+
+def test_pooled_ids_carry_their_task() -> None:
+    frame = pooled({"a": synthetic_bank(2, 3, seed=0), "b": synthetic_bank(2, 3, seed=0)})
+    assert frame["trial_id"].nunique() == 4  # the same ids in two banks stay apart
+    assert {task_of(i) for i in frame["trial_id"]} == {"a", "b"} and task_of("plain_id") == ""
+
+
+def test_context_features_are_scale_free() -> None:
+    """The same standing in a search at 0.6 and in one at 0.97 (the same log-odds steps) reads the same."""
+
+    def logistic(u: float) -> float:
+        return 1 / (1 + math.exp(-u))
+
+    def standing(offset: float) -> dict[str, float]:
+        curves = {str(i): [logistic(offset + 0.3 * i + 0.1 * e) for e in range(6)] for i in range(6)}
+        finals = {"5": logistic(offset + 2.5)}
+        mine = [logistic(offset + 0.8 + 0.1 * e) for e in range(6)]
+        return context_features(mine, SearchContext(curves, finals))
+
+    low, high = standing(0.4), standing(3.4)
+    assert low["ctx_quantile"] == high["ctx_quantile"] == pytest.approx(0.5)
+    for name in set(CONTEXT_FEATURES) - {"ctx_log_spread"}:
+        assert low[name] == pytest.approx(high[name], abs=0.05), name
+    alone = context_features([0.5, 0.6], SearchContext({"a": [0.5, 0.6]}))
+    assert all(math.isnan(v) for v in alone.values())  # too few others: the search cannot say
+    ended = SearchContext(
+        {"stopped": [0.2], "young": [0.5], **{str(i): [0.3] * 4 for i in range(4)}}, {}, frozenset({"stopped"})
+    )
+    assert sorted(ended.values_at(3)[0]) == pytest.approx([0.2, 0.3, 0.3, 0.3, 0.3])  # not the young one
+
+
+def test_conformal_calibration_makes_the_interval_honest_and_shrinks_to_the_prior() -> None:
+    nominal = norm.ppf(0.5 + COVERAGE / 2)
+    calibration = ConformalCalibration(strength=5.0)
+    assert calibration.correct("context", 0.1, 0.8, 0.02) == (0.8, 0.02)  # nothing seen: the prior's own
+    rng = np.random.default_rng(0)
+    errors = rng.normal(0, 0.06, 400)  # the prior's std 0.02 is three times too small
+    for i, error in enumerate(errors):
+        calibration.add("context", 0.1, float(error), 0.02)
+        if i == 2:
+            _, few = calibration.correct("context", 0.1, 0.8, 0.02)
+    mean, std = calibration.correct("context", 0.1, 0.8, 0.02)
+    assert 0.02 < few < std  # shrunk towards the prior while few have finished
+    assert np.mean(np.abs(errors + 0.8 - mean) <= nominal * std) == pytest.approx(COVERAGE, abs=0.03)
+    assert calibration.correct("trees", 0.1, 0.8, 0.02) == (0.8, 0.02)  # kept per model
