@@ -10,13 +10,17 @@ import argparse
 import statistics as stats
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from clp_tune.knobs import KNOBS
 from clp_tune.trial.statistics import TrajectoryStatistics
 from clp_tune.vocabulary import STATISTIC_GROUPS, TRAJECTORY_OPTIONS
+
+if TYPE_CHECKING:
+    from clp_tune.bench.priors import Bank
+    from clp_tune.bench.suite import Setup
 
 REFERENCE_TARGET = 0.92
 
@@ -98,21 +102,82 @@ def statistics_overhead(args: argparse.Namespace) -> int:
     return 0
 
 
-def schedulers(args: argparse.Namespace) -> int:
-    from clp_tune.bench.replay import run_scheduler_benchmark
-    from clp_tune.stopping.bank_library import load_bank
+def _scheduler_banks(args: argparse.Namespace) -> list[Bank]:
+    """The banks ``--bank`` / ``--task`` / ``--suite`` name (default: the shipped mnist1d bank)."""
+    from clp_tune.bench.priors import BenchInputError, bank_at, missing_bank_message, task_bank
+    from clp_tune.stopping.bank_library import SHIPPED_BANK, SUITE
+
+    if args.suite:
+        for task in SUITE.values():
+            if not task.path.is_file():
+                print(f"note: {missing_bank_message(task)}; left out of the suite and of every prior", file=sys.stderr)
+        banks = [task_bank(task, "--suite") for task in SUITE.values() if task.path.is_file()]
+        if not banks:
+            raise BenchInputError("--suite: no bank of the suite is on disk")
+        return banks
+    if args.task is not None:
+        if args.task not in SUITE:
+            raise BenchInputError(f"--task: expected one of {', '.join(SUITE)}, got {args.task!r}")
+        return [task_bank(SUITE[args.task])]
+    return [bank_at(args.bank or SHIPPED_BANK, "--bank")]
+
+
+def _scheduler_setup(args: argparse.Namespace) -> Setup:
+    """The benchmark ``bench schedulers`` asks for; BenchInputError names the first bad option."""
+    from clp_tune.bench.baselines import TOP_K_FRACTION
+    from clp_tune.bench.priors import BenchInputError, parse_prior
+    from clp_tune.bench.suite import Setup, row_names
     from clp_tune.stopping.scheduler import TrajectoryScheduler
 
-    try:
-        load_bank(args.bank)  # a wrong path or schema fails here, before Ray starts
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: --bank: {error}", file=sys.stderr)
-        return 2
+    workers = tuple(dict.fromkeys(args.workers or ((1,) if args.ray else (1, 8))))
+    top_k = TOP_K_FRACTION if args.top_k_fraction is None else args.top_k_fraction
+    for flag, value, valid in (("--orders", args.orders, args.orders >= 1), ("--jobs", args.jobs, args.jobs >= 1),
+                               ("--workers", min(workers), min(workers) >= 1),
+                               ("--top-k-fraction", top_k, 0 < top_k <= 1)):  # fmt: skip
+        if not valid:
+            raise BenchInputError(f"{flag}: {value} is out of range")
+    if args.ray and workers != (1,):
+        raise BenchInputError(f"--workers: --ray replays one trial at a time, got workers {list(workers)}")
     options = {name: getattr(args, name) for name in TRAJECTORY_OPTIONS if getattr(args, name) is not None}
     try:
         TrajectoryScheduler(budget=1, **options)  # checks the options' ranges (the predictor is built lazily)
     except ValueError as error:
-        print(f"error: trajectory scheduler options: {error}", file=sys.stderr)
+        raise BenchInputError(f"trajectory scheduler options: {error}") from None
+    only = None if args.schedulers is None else [name.strip() for name in args.schedulers.split(",")]
+    unknown = sorted(set(only or ()) - set(row_names()))
+    if unknown:
+        raise BenchInputError(f"--schedulers: unknown {', '.join(unknown)} (known: {', '.join(row_names())})")
+    prior = parse_prior(args.prior)
+    return Setup(_scheduler_banks(args), prior, args.orders, workers, args.seed, 1 if args.ray else args.jobs,
+                 "ray" if args.ray else "simulator", options, top_k, only=only)  # fmt: skip
+
+
+def schedulers(args: argparse.Namespace) -> int:
+    """``clp-tune bench schedulers``: exit 2 with one line on bad input, before anything is fitted."""
+    from clp_tune.bench.priors import BenchInputError
+    from clp_tune.bench.suite import run_benchmark
+    from clp_tune.bench.tables import print_legend, print_summary, print_task, write_json
+
+    try:
+        result = run_benchmark(_scheduler_setup(args))
+    except BenchInputError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    run_scheduler_benchmark(args.bank, repetitions=args.repetitions, out_json=args.json, trajectory_options=options)
+    print_legend(result)
+    for task in result["tasks"]:
+        print_task(task, result["settings"]["orders"])
+    if len(result["tasks"]) > 1:
+        print_summary(result)
+    print(f"\n{result['seconds']:.0f} s wall ({result['fit_seconds']:.0f} s fitting priors), "
+          f"{result['settings']['jobs']} process(es), backend {result['settings']['backend']}")  # fmt: skip
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+def scheduler_cost(args: argparse.Namespace) -> int:
+    from clp_tune.bench.cost import print_cost
+    from clp_tune.bench.cost import scheduler_cost as measure
+
+    print_cost(measure(args.trials, args.epochs, args.workers, args.seed, args.judged_epochs))
     return 0

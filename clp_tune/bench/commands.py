@@ -14,6 +14,16 @@ from pathlib import Path
 
 from clp_tune.vocabulary import DETECTORS, TRAJECTORY_OPTIONS
 
+#: ``--prior``; the modes are ``clp_tune.bench.priors.PRIOR_MODES`` (not imported here: it needs pandas).
+PRIOR_HELP = (
+    "the trajectory predictor's prior: other-tasks (default) = the shipped suite banks recorded on another dataset "
+    "than the evaluated bank (its task's dataset, else its config/dataset column; every shipped bank when it has "
+    "none), so never a trial of the evaluated task or of another task on its dataset; none = no prior, what a "
+    "search on a new dataset gets; crossfit = the evaluated bank itself, cross-fitted by trial: an upper bound, "
+    "not a result; or PATH = a bank Parquet. The trajectory rows of other-tasks, none and crossfit are always "
+    "run; the chosen prior's row is marked *"
+)
+
 
 def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     """A handler that imports ``module`` only when the command runs."""
@@ -42,15 +52,31 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     overhead.set_defaults(handler=_lazy(benchmarks, "statistics_overhead"))
 
     sched = kinds.add_parser(
-        "schedulers", help="replay a trajectory bank under FIFO, ASHA, median and trajectory",
-        description="Replay every trial of a bank through real Ray Tune, one at a time and in the same seeded "
-        "orders, under no stopping, ASHA, the median rule and the trajectory scheduler (its predictor's prior "
-        "cross-fitted, never on the trial it judges). Prints epochs, regret, regret at ASHA's budget and "
-        "Spearman correlations, and whether the targets are met; writes the same as JSON.",
+        "schedulers", help="every early-stopping baseline and the trajectory scheduler on recorded banks",
+        description="Replay the trials of a bank (or of every bank of the suite, leave-task-out) under no stopping, "
+        "ASHA and the median rule at Ray's defaults and at the product's settings, top-k after one epoch, the "
+        "delta rule on curve extrapolation alone, and the trajectory scheduler with each prior; the same seeded "
+        "orders for all, on a simulated clock with 1 and 8 workers (or through real Ray Tune with --ray). Prints "
+        "epochs, regret, misses, epochs to a near-best trial, the regret area and Spearman correlations.",
     )  # fmt: skip
-    sched.add_argument("--bank", help="bank Parquet: trial_id, epoch, val_acc, config/<knob> (default: shipped)")
-    sched.add_argument("--repetitions", type=int, default=5, help="orders of the trials to average over")
-    sched.add_argument("--json", default="bench_schedulers.json", help="where to write the results as JSON")
+    where = sched.add_mutually_exclusive_group()
+    where.add_argument("--bank", help="any bank Parquet: trial_id, epoch, val_acc, config/<knob> (default: the "
+                       "shipped mnist1d bank)")  # fmt: skip
+    where.add_argument("--task", help="a task of the suite (clp_tune.stopping.bank_library.SUITE)")
+    where.add_argument("--suite", action="store_true", help="every task of the suite whose bank is on disk, each "
+                       "judged with priors that never saw it; one table per task and a summary")  # fmt: skip
+    sched.add_argument("--prior", default="other-tasks", help=PRIOR_HELP)
+    sched.add_argument("--orders", type=int, default=10, help="seeded orders of the trials (default 10)")
+    sched.add_argument("--workers", type=int, action="append", help="concurrent trial slots; repeat for several "
+                       "(default: 1 and 8)")  # fmt: skip
+    sched.add_argument("--seed", type=int, default=0, help="seed of the first order")
+    sched.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for the simulated runs")
+    sched.add_argument("--ray", action="store_true", help="replay through real Ray Tune (one worker, slow): the "
+                       "reference the simulator is checked against")  # fmt: skip
+    sched.add_argument("--top-k-fraction", type=float, help="top-k after one epoch: the fraction of the epoch-1 "
+                       "values seen so far a trial must be among to go on (default: a tenth)")  # fmt: skip
+    sched.add_argument("--schedulers", help="only these rows, comma-separated (names as in the table's legend)")
+    sched.add_argument("--json", help="write every figure (per order, per bank, the summary) as JSON here")
     for name, option in TRAJECTORY_OPTIONS.items():
         flag, help_text = (
             f"--{name.replace('_', '-')}",
@@ -64,6 +90,19 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         else:
             sched.add_argument(flag, type=option.type, help=help_text)
     sched.set_defaults(handler=_lazy(benchmarks, "schedulers"))
+
+    cost = kinds.add_parser(
+        "scheduler-cost", help="the trajectory scheduler's own cost per result, and the driver's memory",
+        description="A simulated search on a synthetic bank under the trajectory scheduler (no prior): wall time "
+        "per on_trial_result (median, 99th percentile, max) and the driver's peak memory growth.",
+    )  # fmt: skip
+    cost.add_argument("--trials", type=int, default=2000)
+    cost.add_argument("--epochs", type=int, default=100)
+    cost.add_argument("--workers", type=int, default=8)
+    cost.add_argument("--seed", type=int, default=0)
+    cost.add_argument("--judged-epochs", type=int, help="report only the first N epochs of each trial to the "
+                      "scheduler (default: all); the output says so")  # fmt: skip
+    cost.set_defaults(handler=_lazy(benchmarks, "scheduler_cost"))
 
 
 def add_bank_parser(commands: argparse._SubParsersAction) -> None:
