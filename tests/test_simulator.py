@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from clp_tune.bench.baselines import TopKAfterFirstEpoch
+from clp_tune.bench.crossfit import fit_lazy_models, spearman_table
 from clp_tune.bench.metrics import Reference, score
 from clp_tune.bench.priors import BenchInputError, bank_at, build_prior, task_bank
 from clp_tune.bench.simulator import result_rows, simulate
@@ -19,7 +21,10 @@ from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.bench.tables import print_task
 from clp_tune.cli import main
 from clp_tune.stopping.bank_library import SUITE, BankTask
+from clp_tune.stopping.factory import build_scheduler
 from clp_tune.stopping.features import trajectories_from_frame
+from clp_tune.stopping.predictor import FinalAccuracyPredictor
+from clp_tune.stopping.prior import pooled
 
 
 class Recording(FIFOScheduler):
@@ -137,8 +142,7 @@ def test_other_tasks_never_fits_on_the_evaluated_dataset(tmp_path: Path) -> None
     assert raw_ids == set(evaluated.frame["trial_id"])  # the ids repeat across banks: only the prefix tells them apart
     assert prior.sources == ("b_mlp",)
     assert prior.trial_ids == {f"b_mlp/{tid}" for tid in raw_ids}
-    fitted_on = {t.config["trial_id"] for t in prior.predictor._bank}  # what the predictor's prior really holds
-    assert fitted_on == prior.trial_ids
+    assert set(prior.predictor.prior_trial_ids) == prior.trial_ids  # what the predictor's prior really holds
 
 
 def test_other_tasks_on_the_shipped_suite_leaves_out_each_dataset() -> None:
@@ -146,8 +150,20 @@ def test_other_tasks_on_the_shipped_suite_leaves_out_each_dataset() -> None:
     for task in present:
         prior = build_prior("other-tasks", task_bank(task))
         pooled_tasks = {tid.split("/")[0] for tid in prior.trial_ids}
-        assert pooled_tasks == {t.name for t in present if t.dataset != task.dataset}
-        assert sum(not tid.startswith(f"{task.name}/") for tid in prior.trial_ids) == len(prior.trial_ids)
+        assert pooled_tasks == {t.name for t in present if t.dataset != task.dataset}  # never its own dataset's
+
+
+def test_fitting_the_prior_before_the_copies_changes_no_decision() -> None:
+    prior = pooled({f"task{i}": synthetic_bank(10, 8, seed=20 + i) for i in range(2)})
+    bank = synthetic_bank(12, 8, seed=7)
+    rows, order = result_rows(bank), sorted(set(bank["trial_id"]))
+    warm = FinalAccuracyPredictor(prior)
+    spearman_table(bank, {"warm": warm})
+    fit_lazy_models(warm, bank)
+    runs = [simulate(build_scheduler("trajectory", 8, predictor=p), order, rows, workers=2)
+            for p in (FinalAccuracyPredictor(prior), warm)]  # fmt: skip
+    assert runs[0] == runs[1]
+    assert sum(c.epochs for c in runs[0]) < 12 * 8  # it stopped trials: the decisions compared are not all "go on"
 
 
 def test_a_bank_outside_the_suite_works_with_every_prior(tmp_path: Path) -> None:
@@ -210,3 +226,15 @@ def test_a_missing_suite_bank_says_how_to_record_it(tmp_path: Path) -> None:
     task = BankTask("gone_mlp_sgd_5", "digits", "mlp", "sgd", 5, 10, "sgd", 0, str(tmp_path / "gone.parquet"))
     with pytest.raises(BenchInputError, match=r"gone\.parquet.*clp-tune bank record --task gone_mlp_sgd_5"):
         task_bank(task)
+
+
+def test_scheduler_cost_times_every_result(tmp_path: Path, capsys) -> None:
+    prior = _write(tmp_path, synthetic_bank(12, 6, seed=8), "prior.parquet")
+    common = ["bench", "scheduler-cost", "--trials", "30", "--epochs", "6", "--bank", str(prior)]
+    assert main(common) == 0
+    out = capsys.readouterr().out
+    assert 30 < int(re.search(r"(\d+) results judged", out).group(1)) <= 30 * 6 and "(every epoch)" in out
+    assert re.search(r"median [\d.]+ ms, 99th percentile [\d.]+ ms", out) and "driver resident memory" in out
+    assert main([*common, "--judged-epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert int(re.search(r"(\d+) results judged", out).group(1)) <= 30 * 2 and "capped" in out

@@ -26,7 +26,7 @@ from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Pred
 #: Ray's defaults: ASHA grace_period 1, reduction_factor 4; the median rule's grace_period 60 (time units).
 RAY_ASHA_GRACE, RAY_ASHA_REDUCTION, RAY_MEDIAN_GRACE = 1, 4.0, 60
 #: Top-k after one epoch keeps this fraction of the epoch-1 values seen so far (at least one): a tenth, fixed
-#: before any bank was replayed, about what ASHA keeps past its first rung at reduction factor 3 to 4.
+#: before any bank was replayed (Egele et al. train a small top-k of each batch to the end).
 TOP_K_FRACTION = 0.1
 
 
@@ -91,7 +91,7 @@ class Entry:
 
 def lineup(
     budget: int,
-    priors: Mapping[str, tuple[str, Predictor]],
+    priors: Mapping[str, tuple[str, Callable[[], Predictor]]],
     trajectory_options: Mapping[str, Any] | None = None,
     top_k_fraction: float = TOP_K_FRACTION,
 ) -> list[Entry]:
@@ -99,7 +99,8 @@ def lineup(
 
     Args:
         budget: the bank's budget T (ASHA's max_t; the tenth-of-budget grace periods).
-        priors: trajectory scheduler rows: name -> (description, predictor with its prior, already fitted).
+        priors: trajectory scheduler rows: name -> (description, the predictor with its prior), the predictor
+            read when a scheduler is built (a benchmark fits the priors after making the lineup).
         trajectory_options: TrajectoryScheduler options for the δ rule and every trajectory row.
         top_k_fraction: the top-k rule's fraction.
     """
@@ -109,8 +110,8 @@ def lineup(
     def stock(kind: str, grace: int, reduction: float = 3.0) -> Callable[[], TrialScheduler]:
         return lambda: build_scheduler(kind, budget, grace_period=grace, reduction_factor=reduction)
 
-    def trajectory(predictor: Predictor) -> Callable[[], TrialScheduler]:
-        return lambda: build_scheduler("trajectory", budget, trajectory_options=options, predictor=predictor)
+    def trajectory(predictor: Callable[[], Predictor]) -> Callable[[], TrialScheduler]:
+        return lambda: build_scheduler("trajectory", budget, trajectory_options=options, predictor=predictor())
 
     entries = [
         Entry("fifo", "no stopping", lambda: build_scheduler("fifo", budget)),
@@ -124,7 +125,7 @@ def lineup(
         Entry("top-k-1ep", f"continue past epoch 1 only in the top {top_k_fraction:.0%} of epoch-1 values so far "
               "(Egele et al. 2023)", lambda: TopKAfterFirstEpoch(top_k_fraction)),
         Entry("delta-curve", "the trajectory rule on curve extrapolation alone (LC-PFN-style)",
-              trajectory(CurveOnlyPredictor()), trajectory=True),
+              trajectory(CurveOnlyPredictor), trajectory=True),
     ]  # fmt: skip
     entries += [Entry(name, text, trajectory(p), trajectory=True) for name, (text, p) in priors.items()]
     return entries

@@ -168,8 +168,8 @@ def schedulers(args: argparse.Namespace) -> int:
         print_task(task, result["settings"]["orders"])
     if len(result["tasks"]) > 1:
         print_summary(result)
-    print(f"\n{result['seconds']:.0f} s wall ({result['fit_seconds']:.0f} s fitting priors), "
-          f"{result['settings']['jobs']} process(es), backend {result['settings']['backend']}")  # fmt: skip
+    print(f"\n{result['seconds']:.0f} s wall, {result['settings']['jobs']} process(es), backend "
+          f"{result['settings']['backend']}")  # fmt: skip
     if args.json:
         write_json(result, args.json)
     return 0
@@ -179,5 +179,5 @@ def scheduler_cost(args: argparse.Namespace) -> int:
     from clp_tune.bench.cost import print_cost
     from clp_tune.bench.cost import scheduler_cost as measure
 
-    print_cost(measure(args.trials, args.epochs, args.workers, args.seed, args.judged_epochs))
+    print_cost(measure(args.trials, args.epochs, args.workers, args.seed, args.judged_epochs, args.bank))
     return 0

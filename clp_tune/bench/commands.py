@@ -93,8 +93,9 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
 
     cost = kinds.add_parser(
         "scheduler-cost", help="the trajectory scheduler's own cost per result, and the driver's memory",
-        description="A simulated search on a synthetic bank under the trajectory scheduler (no prior): wall time "
-        "per on_trial_result (median, 99th percentile, max) and the driver's peak memory growth.",
+        description="A simulated search on a synthetic bank under the trajectory scheduler with its default "
+        "predictor: wall time per on_trial_result (the first, which fits the prior; then median, 99th percentile, "
+        "max) and the driver's resident memory.",
     )  # fmt: skip
     cost.add_argument("--trials", type=int, default=2000)
     cost.add_argument("--epochs", type=int, default=100)
@@ -102,6 +103,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     cost.add_argument("--seed", type=int, default=0)
     cost.add_argument("--judged-epochs", type=int, help="report only the first N epochs of each trial to the "
                       "scheduler (default: all); the output says so")  # fmt: skip
+    cost.add_argument("--bank", help="bank Parquet for the prior (default: every shipped bank, as a search)")
     cost.set_defaults(handler=_lazy(benchmarks, "scheduler_cost"))
 
 

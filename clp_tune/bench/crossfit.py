@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 from scipy.stats import spearmanr
 
+from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.features import History, Trajectory, is_complete, trajectories_from_frame
-from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor, last_value_prediction
+from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor, ask, last_value_prediction
 
 SPEARMAN_FRACTIONS = (0.1, 0.25, 0.5)
 
@@ -39,29 +40,63 @@ class CrossFitPredictor:
         fold = bank["trial_id"].astype(str).map(self.fold_of)
         self.predictors = [FinalAccuracyPredictor(bank[fold != k], **predictor_args) for k in range(folds)]
 
+    def _of(self, config: Mapping[str, Any]) -> FinalAccuracyPredictor:
+        return self.predictors[self.fold_of[str(config["trial_id"])]]
+
     def predict(self, history: History, config: Mapping[str, Any], budget: int) -> Prediction:
-        return self.predictors[self.fold_of[str(config["trial_id"])]].predict(history, config, budget)
+        return self._of(config).predict(history, config, budget)
+
+    def predict_in_context(
+        self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext
+    ) -> Prediction:
+        return ask(self._of(config), history, config, budget, context)
 
     def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None:
         for predictor in self.predictors:
             predictor.observe_finished(rows)
 
 
+def _search(complete: Sequence[Trajectory], member: int, epoch: int, finished: bool) -> SearchContext:
+    """The bank's other complete trials as trial ``member``'s search at ``epoch``: all cut there and running
+    (the start of a search), or all finished, with their finals (late in a search)."""
+    others = {str(j): t for j, t in enumerate(complete) if j != member}
+    if finished:
+        return SearchContext({j: t.history["val_acc"] for j, t in others.items()},
+                             {j: t.final for j, t in others.items()})  # fmt: skip
+    return SearchContext({j: t.history["val_acc"][:epoch] for j, t in others.items()})
+
+
 def spearman_table(bank: pd.DataFrame, predictors: Mapping[str, Predictor]) -> dict[str, dict[str, float]]:
     """Spearman rank correlation of predicted vs true final val_acc over the bank's complete trials, at each of
-    :data:`SPEARMAN_FRACTIONS` of the budget, for each predictor (offline: none has seen a trial finish) and for
-    the last value (the baseline a learned predictor must beat)."""
+    :data:`SPEARMAN_FRACTIONS` of the budget, for each predictor and for the last value (the baseline a learned
+    predictor must beat). Each trial is predicted in its search as it stands at the start: the bank's other trials
+    cut at the same epoch, none finished; nothing has been learned online."""
     complete = [t for t in trajectories_from_frame(bank) if is_complete(t)]
     finals = [t.final for t in complete]
     table: dict[str, dict[str, float]] = {name: {} for name in [*predictors, "last-value"]}
     for fraction in SPEARMAN_FRACTIONS:
         guesses: dict[str, list[float]] = {name: [] for name in table}
-        for t in complete:
-            seen = t.upto(max(1, round(fraction * t.budget)))
+        for i, t in enumerate(complete):
+            epoch = max(1, round(fraction * t.budget))
+            seen, search = t.upto(epoch), _search(complete, i, epoch, finished=False)
             for name, predictor in predictors.items():
-                guesses[name].append(predictor.predict(seen, t.config, t.budget).mean)
+                guesses[name].append(ask(predictor, seen, t.config, t.budget, search).mean)
             guesses["last-value"].append(last_value_prediction(seen))
         for name, values in guesses.items():
             rho = spearmanr(values, finals).statistic if len(finals) > 2 else math.nan
             table[name][f"{fraction:g}"] = float(rho)
     return table
+
+
+def fit_lazy_models(predictor: Predictor, bank: pd.DataFrame, fraction: float = 0.25) -> None:
+    """Predict each complete trial of ``bank`` alone and in a search whose other trials have all finished.
+
+    With :func:`spearman_table`'s predictions (in a search where none has), this fits every model the predictor
+    fits lazily -- for a trial alone, in a search without an incumbent, in one with -- so a benchmark that then
+    copies the predictor for each run does not fit them again in every copy. Predicting changes no online state.
+    """
+    complete = [t for t in trajectories_from_frame(bank) if is_complete(t)]
+    for i, t in enumerate(complete):
+        epoch = max(1, round(fraction * t.budget))
+        predictor.predict(t.upto(epoch), t.config, t.budget)
+        ask(predictor, t.upto(epoch), t.config, t.budget, _search(complete, i, epoch, finished=True))

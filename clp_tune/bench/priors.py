@@ -3,13 +3,13 @@
 A prior fitted on the evaluated task's own trials flatters: a user on a new dataset has no such bank. So the
 default prior (``other-tasks``) is fitted only on shipped banks of the suite (``bank_library.SUITE``) recorded on
 *another dataset* than the evaluated bank: never on a trial of the evaluated task, nor of any other task on its
-dataset. The model family may be shared (a user on a new dataset may well train a model the suite has). The
-other modes: ``none`` (no prior at all: what a search on a new dataset gets today), ``crossfit`` (the evaluated
-bank cross-fitted by trial: an upper bound, labelled so), or a bank Parquet given by path.
+dataset. The model family may be shared (a user on a new dataset may well train a model the suite has). This is
+what the product's default prior (every shipped bank) amounts to for a dataset the suite does not have. The other
+modes: ``none`` (no prior at all: the predictor learns from the search alone), ``crossfit`` (the evaluated bank
+cross-fitted by trial: an upper bound, labelled so), or a bank Parquet given by path.
 
-Trial ids repeat across banks (``bank0000`` ...), so pooled banks get their task's name as a prefix. The shipped
-mnist1d bank predates the suite's ``config/dataset`` and ``config/model`` columns: banks of the suite get them
-from their task, as a real search's results carry them.
+Pooled banks go through :func:`clp_tune.stopping.prior.pooled`, as the product's prior does: trial ids repeat
+across banks (``bank0000`` ...), so each gets its task's name as a prefix, which also groups them into tasks.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pandas as pd
 from clp_tune.bench.crossfit import CrossFitPredictor
 from clp_tune.stopping.bank_library import SUITE, BankTask, load_bank
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Predictor
+from clp_tune.stopping.prior import pooled
 
 PRIOR_MODES = ("other-tasks", "none", "crossfit")
 #: The benchmark row of each prior mode; a bank given by path is ``traj-file``.
@@ -32,7 +33,7 @@ PATH_ROW = "traj-file"
 
 
 def prior_row(mode: str | Path) -> str:
-    return PRIOR_ROWS.get(str(mode), PATH_ROW) if isinstance(mode, str) else PATH_ROW
+    return PRIOR_ROWS.get(mode, PATH_ROW) if isinstance(mode, str) else PATH_ROW
 
 
 class BenchInputError(ValueError):
@@ -45,13 +46,13 @@ def missing_bank_message(task: BankTask) -> str:
 
 @dataclass(frozen=True)
 class Bank:
-    """A bank to evaluate on or fit a prior on, with the datasets and models its rows say they come from.
+    """A bank to evaluate on or fit a prior on, and the datasets it comes from.
 
     Args:
         name: the suite task's name, else the file's stem.
         path: the Parquet file.
-        frame: its rows (bank schema, checked).
-        datasets: the ``config/dataset`` values of its rows (empty: the bank does not say).
+        frame: its rows as stored (bank schema, checked).
+        datasets: its task's dataset, else the ``config/dataset`` values of its rows (empty: it does not say).
         task: its suite task, if it is one.
     """
 
@@ -64,6 +65,16 @@ class Bank:
     def same_file(self, path: Path) -> bool:
         return path.is_file() and os.path.samefile(self.path, path)
 
+    def as_searched(self) -> pd.DataFrame:
+        """The rows as a search's results carry them: with ``config/dataset`` and ``config/model`` (a suite
+        task's, where its rows lack them; the shipped mnist1d bank predates those columns)."""
+        if self.task is None:
+            return self.frame
+        frame = self.frame.copy()
+        for key, value in (("config/dataset", self.task.dataset), ("config/model", self.task.model)):
+            frame[key] = frame[key].fillna(value) if key in frame else value
+        return frame
+
 
 def _read(path: Path, option: str) -> pd.DataFrame:
     try:
@@ -72,18 +83,11 @@ def _read(path: Path, option: str) -> pd.DataFrame:
         raise BenchInputError(f"{option}: {' '.join(str(error).split())}") from None
 
 
-def _datasets(frame: pd.DataFrame) -> frozenset[str]:
-    return frozenset(frame["config/dataset"].dropna().astype(str)) if "config/dataset" in frame else frozenset()
-
-
 def task_bank(task: BankTask, option: str = "--task") -> Bank:
-    """A suite task's bank, with its task's dataset and model wherever its rows lack them."""
+    """A suite task's bank; a missing file is a BenchInputError that says how to record it."""
     if not task.path.is_file():
         raise BenchInputError(f"{option}: {missing_bank_message(task)}")
-    frame = _read(task.path, option)
-    for key, value in (("config/dataset", task.dataset), ("config/model", task.model)):
-        frame[key] = frame[key].fillna(value) if key in frame else value
-    return Bank(task.name, task.path, frame, frozenset({task.dataset}), task)
+    return Bank(task.name, task.path, _read(task.path, option), frozenset({task.dataset}), task)
 
 
 def bank_at(path: str | Path, option: str, suite: Mapping[str, BankTask] = SUITE) -> Bank:
@@ -95,22 +99,18 @@ def bank_at(path: str | Path, option: str, suite: Mapping[str, BankTask] = SUITE
     if task is not None:
         return task_bank(task, option)
     frame = _read(path, option)
-    return Bank(path.stem, path, frame, _datasets(frame))
+    datasets = frozenset(frame["config/dataset"].dropna().astype(str)) if "config/dataset" in frame else frozenset()
+    return Bank(path.stem, path, frame, datasets)
 
 
 def other_tasks(evaluated: Bank, suite: Mapping[str, BankTask] = SUITE) -> tuple[list[BankTask], list[BankTask]]:
     """The suite tasks the ``other-tasks`` prior may use for ``evaluated``: (present, missing on disk).
 
-    A task qualifies when its dataset is not one the evaluated bank says it comes from (all do when it says
-    none), and its file is not the evaluated bank's.
+    A task qualifies when its dataset is not one the evaluated bank comes from (all do when the bank does not
+    say), and its file is not the evaluated bank's.
     """
     chosen = [t for t in suite.values() if t.dataset not in evaluated.datasets and not evaluated.same_file(t.path)]
     return [t for t in chosen if t.path.is_file()], [t for t in chosen if not t.path.is_file()]
-
-
-def pooled(banks: list[Bank]) -> pd.DataFrame:
-    """The banks' rows in one frame, each trial id prefixed with its bank's name (ids repeat across banks)."""
-    return pd.concat([b.frame.assign(trial_id=b.name + "/" + b.frame["trial_id"]) for b in banks], ignore_index=True)
 
 
 @dataclass
@@ -120,7 +120,7 @@ class Prior:
     Args:
         name: the table row (``traj-other``, ``traj-none``, ``traj-crossfit``, ``traj-file``).
         description: the row's meaning, for the legend.
-        predictor: the predictor (fitted lazily; the benchmark fits it before copying it for each order).
+        predictor: the predictor (fitted lazily; the benchmark fits it before copying it for each run).
         sources: the banks its prior was fitted on.
         trial_ids: the trial ids of every row its prior was fitted on (as prefixed in the pool).
         missing: suite banks it would have used but that are not on disk (what to record).
@@ -134,32 +134,35 @@ class Prior:
     missing: tuple[str, ...] = ()
 
 
+def _fitted_on(name: str, description: str, banks: list[Bank], missing: tuple[str, ...] = ()) -> Prior:
+    frame = pooled({b.name: b.frame for b in banks})
+    return Prior(name, description, FinalAccuracyPredictor(frame), tuple(b.name for b in banks),
+                 frozenset(frame["trial_id"]), missing)  # fmt: skip
+
+
 def build_prior(mode: str | Path, evaluated: Bank, suite: Mapping[str, BankTask] = SUITE, folds: int = 5) -> Prior:
     """The prior of ``mode`` (one of :data:`PRIOR_MODES`, or a bank path) for judging ``evaluated``."""
     if mode == "none":
-        return Prior(PRIOR_ROWS["none"], "the trajectory scheduler without a prior (a new dataset today)",
+        return Prior(PRIOR_ROWS["none"], "the trajectory scheduler without a prior (learns from the search alone)",
                      FinalAccuracyPredictor(None), (), frozenset())  # fmt: skip
     if mode == "crossfit":
-        predictor = CrossFitPredictor(evaluated.frame, folds=folds)
+        frame = evaluated.as_searched()
         text = f"the trajectory scheduler, prior cross-fitted on the evaluated bank ({folds} folds): an UPPER BOUND"
-        return Prior(PRIOR_ROWS["crossfit"], text, predictor, (evaluated.name,), frozenset(evaluated.frame["trial_id"]))
+        return Prior(PRIOR_ROWS["crossfit"], text, CrossFitPredictor(frame, folds=folds), (evaluated.name,),
+                     frozenset(frame["trial_id"]))  # fmt: skip
     if mode == "other-tasks":
         present, missing = other_tasks(evaluated, suite)
         if not present:
             detail = "; ".join(missing_bank_message(t) for t in missing) or "the suite has no bank of another dataset"
             raise BenchInputError(f"--prior other-tasks: no shipped bank of another dataset for {evaluated.name}: "
                                   f"{detail}")  # fmt: skip
-        frame = pooled([task_bank(t, "--prior other-tasks") for t in present])
-        names = tuple(t.name for t in present)
         text = "the trajectory scheduler, prior fitted on the shipped banks of other datasets"
-        return Prior(PRIOR_ROWS["other-tasks"], text, FinalAccuracyPredictor(frame), names,
-                     frozenset(frame["trial_id"]), tuple(missing_bank_message(t) for t in missing))  # fmt: skip
+        return _fitted_on(PRIOR_ROWS["other-tasks"], text, [task_bank(t, "--prior other-tasks") for t in present],
+                          tuple(missing_bank_message(t) for t in missing))  # fmt: skip
     prior = bank_at(mode, "--prior", suite)
     if evaluated.same_file(prior.path):
         raise BenchInputError(f"--prior: {prior.path} is the evaluated bank (use --prior crossfit for that bound)")
-    frame = pooled([prior])
-    return Prior(PATH_ROW, f"the trajectory scheduler, prior fitted on {prior.path}", FinalAccuracyPredictor(frame),
-                 (prior.name,), frozenset(frame["trial_id"]))  # fmt: skip
+    return _fitted_on(PATH_ROW, f"the trajectory scheduler, prior fitted on {prior.path}", [prior])
 
 
 def parse_prior(text: str) -> str | Path:

@@ -12,14 +12,16 @@ ordered by (time, sequence) so that ties resolve the same way every time:
 * a free slot is given to the trial ``choose_trial_to_run`` picks (``FIFOScheduler``'s: pending first, then
   paused); it reports its next recorded row one time unit later;
 * each result goes to ``on_trial_result``: CONTINUE schedules the next row; STOP ends the trial with
-  ``on_trial_complete(last result)``, as ``stop_trial`` does, and frees its slot; PAUSE frees the slot and leaves
-  the trial paused, to resume at its next epoch (a trainable that checkpoints every epoch);
+  ``on_trial_complete(last result)``, as ``stop_trial`` does, and frees its slot; PAUSE frees the slot but the
+  trial stays live for the searcher (no new trial is created for it): ``choose_trial_to_run`` resumes it at its
+  next epoch (a trainable that checkpoints every epoch);
 * a trial whose rows run out ends with ``on_trial_complete`` too: Tune's closing duplicate result carries
   ``done`` and is never shown to ``on_trial_result``.
 
 A result is the recorded row (``config/<key>`` columns included, as a flattened real result carries them) plus
 what Tune adds to it: ``training_iteration``, ``time_total_s`` and ``time_this_iter_s`` on the simulated clock,
-``trial_id`` and the trial's config (``config/trial_id``). The stand-ins below have only what the schedulers read.
+``trial_id`` and the trial's config, which is ``{"trial_id": ...}`` as in the real-Ray replay's ``param_space``
+(``config/trial_id``). The stand-ins below have only what the schedulers read.
 """
 
 from __future__ import annotations

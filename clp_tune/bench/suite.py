@@ -3,11 +3,14 @@
 Every scheduler (:func:`clp_tune.bench.baselines.lineup`) sees the same trials in the same seeded orders, with
 each worker count, on the simulator (:mod:`clp_tune.bench.simulator`) or, as a check, through real Ray Tune
 (:mod:`clp_tune.bench.replay`). The trajectory predictor's priors (:mod:`clp_tune.bench.priors`) are fitted once
-per bank, before any run, and each run gets a copy (``copy.deepcopy`` shares the fitted trees; what a run learns
-online stays its own), so no order pays for the prior's fit and none sees another's online state.
+per bank before any run that uses them -- every model the predictor would fit lazily on first use included (the
+in-context model, the trees for a trial judged alone: :func:`~clp_tune.bench.crossfit.fit_lazy_models`) -- and
+each run gets a copy (``copy.deepcopy`` shares the fitted models; what a run learns online stays its own). So no
+run pays for a prior's fits, none sees another's online state, and a run decides as a fresh predictor would: its
+fits are deterministic functions of its bank and of the trials it saw finish.
 
-The runs are independent, so they are spread over ``jobs`` forked processes (the fits too): the results are
-the same for any number of jobs, in the same order.
+The runs are independent, so they are spread over ``jobs`` forked processes: first the fits together with the
+runs that need no prior, then the trajectory scheduler's runs. The results are the same for any number of jobs.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from clp_tune.bench.baselines import TOP_K_FRACTION, CurveOnlyPredictor, Entry, lineup
-from clp_tune.bench.crossfit import spearman_table
+from clp_tune.bench.crossfit import fit_lazy_models, spearman_table
 from clp_tune.bench.metrics import Reference, across_tasks, mean_spearman, score, summarize
 from clp_tune.bench.priors import PATH_ROW, PRIOR_MODES, PRIOR_ROWS, Bank, Prior, build_prior, prior_row
 from clp_tune.bench.simulator import Completion, Rows, result_rows, simulate
@@ -33,8 +37,11 @@ from clp_tune.stopping.bank_library import SUITE, BankTask
 from clp_tune.stopping.features import trajectories_from_frame
 from clp_tune.stopping.predictor import Predictor
 
-#: What forked workers read (set before a pool starts): the banks, their priors and their runs' inputs.
+#: What forked workers read (set before a pool starts): each bank's plan, with its priors.
 _SHARED: dict[str, Any] = {}
+Job = tuple[Callable[..., Any], tuple]  # a function and its arguments, for a forked process
+Call = tuple[int, int, int, int]  # a run: (bank, lineup row, workers, order)
+Outcome = tuple[list[Completion], float]  # a run's completions and its wall time
 
 
 @dataclass
@@ -71,16 +78,17 @@ class Setup:
     suite: Mapping[str, BankTask] = field(default_factory=lambda: SUITE)
 
 
-def _pool_map(function: Callable[..., Any], calls: list[tuple], jobs: int) -> list[Any]:
-    """``function`` over ``calls``, in forked processes when ``jobs`` > 1; results in the order of ``calls``.
+def _pool_map(jobs: list[Job], processes: int) -> list[Any]:
+    """Each ``function(*args)`` of ``jobs``, in forked processes when ``processes`` > 1; results in the order of
+    ``jobs`` (a process takes the next job when it is free, so the costliest should come first).
 
     A process that runs a Ray driver is never forked (the children hang on Ray's threads): it runs them inline.
     """
     ray = sys.modules.get("ray")
-    if jobs <= 1 or len(calls) <= 1 or (ray is not None and ray.is_initialized()):
-        return [function(*call) for call in calls]
-    with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = [pool.submit(function, *call) for call in calls]
+    if processes <= 1 or len(jobs) <= 1 or (ray is not None and ray.is_initialized()):
+        return [function(*args) for function, args in jobs]
+    with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(function, *args) for function, args in jobs]
         return [future.result() for future in futures]
 
 
@@ -89,6 +97,7 @@ class _Plan:
     """One bank's part of a benchmark: what its runs are measured against, and their inputs."""
 
     bank: Bank
+    frame: pd.DataFrame  # its rows as a search reports them (Bank.as_searched)
     priors: list[Prior]
     reference: Reference
     rows: Rows
@@ -97,13 +106,16 @@ class _Plan:
 
 
 def _fit_job(task: int, index: int) -> tuple[Predictor, dict[str, float]]:
-    """Fit one prior by predicting every complete trial of its bank at the Spearman fractions (the fits each run's
-    copy would otherwise repeat); returns the fitted predictor and its Spearman row."""
-    bank, prior = _SHARED["banks"][task], _SHARED["priors"][task][index]
-    return prior.predictor, spearman_table(bank.frame, {prior.name: prior.predictor})[prior.name]
+    """Fit one prior's lazily fitted models (which each run's copy would otherwise fit again); returns the
+    fitted predictor and its Spearman row."""
+    plan: _Plan = _SHARED["plans"][task]
+    prior = plan.priors[index]
+    row = spearman_table(plan.frame, {prior.name: prior.predictor})[prior.name]
+    fit_lazy_models(prior.predictor, plan.frame)
+    return prior.predictor, row
 
 
-def _run_job(task: int, entry: int, workers: int, order: int) -> tuple[list[Completion], float]:
+def _run_job(task: int, entry: int, workers: int, order: int) -> Outcome:
     plan: _Plan = _SHARED["plans"][task]
     started = time.perf_counter()
     run = simulate(plan.entries[entry].build(), plan.orders[order], plan.rows, workers)
@@ -124,55 +136,55 @@ def orders_of(trial_ids: Sequence[str], count: int, seed: int) -> list[list[str]
     return [[str(t) for t in np.random.default_rng(seed + i).permutation(list(trial_ids))] for i in range(count)]
 
 
-def _fit_priors(setup: Setup, priors: list[list[Prior]]) -> list[dict[str, dict[str, float]]]:
-    """Fit every bank's priors (in place) and return each bank's Spearman table (the priors, the δ rule's curve
-    predictor, the last value)."""
-    calls = [(t, i) for t, row in enumerate(priors) for i in range(len(row))]
-    calls.sort(key=lambda c: priors[c[0]][c[1]].name != PRIOR_ROWS["crossfit"])  # the costliest fits first
-    _SHARED.update(banks=setup.banks, priors=priors)
-    try:
-        fitted = _pool_map(_fit_job, calls, setup.jobs)
-    finally:
-        _SHARED.clear()
-    rows: dict[tuple[int, int], dict[str, float]] = {}
-    for (t, i), (predictor, row) in zip(calls, fitted, strict=True):
-        priors[t][i].predictor = predictor
-        rows[t, i] = row
-    return [
-        {p.name: rows[t, i] for i, p in enumerate(priors[t])}
-        | spearman_table(bank.frame, {"delta-curve": CurveOnlyPredictor()})
-        for t, bank in enumerate(setup.banks)
-    ]
-
-
-def _plan(setup: Setup, bank: Bank, priors: list[Prior]) -> _Plan:
-    trajectories = {str(x.config["trial_id"]): x for x in trajectories_from_frame(bank.frame)}
+def _plan(setup: Setup, bank: Bank, frame: pd.DataFrame, priors: list[Prior]) -> _Plan:
+    trajectories = {str(x.config["trial_id"]): x for x in trajectories_from_frame(frame)}
     budget = max(x.budget for x in trajectories.values())
-    entries = lineup(budget, {p.name: (p.description, p.predictor) for p in priors}, setup.trajectory_options,
-                     setup.top_k_fraction)  # fmt: skip
+    rows = {p.name: (p.description, lambda p=p: p.predictor) for p in priors}  # read once fitted
+    entries = lineup(budget, rows, setup.trajectory_options, setup.top_k_fraction)
     entries = [e for e in entries if setup.only is None or e.name in setup.only]
     orders = orders_of(list(trajectories), setup.orders, setup.seed)
-    return _Plan(bank, priors, Reference.of(trajectories), result_rows(bank.frame), entries, orders)
+    return _Plan(bank, frame, priors, Reference.of(trajectories), result_rows(frame), entries, orders)
 
 
-Call = tuple[int, int, int, int]  # (bank, lineup row, workers, order)
+def _run_all(setup: Setup, plans: list[_Plan]) -> tuple[dict[tuple[int, int], dict[str, float]], dict[Call, Outcome]]:
+    """Fit the priors (in place) and run every call; returns the priors' Spearman rows by (bank, prior) and the
+    runs' outcomes.
 
-
-def _run_all(setup: Setup, plans: list[_Plan]) -> dict[Call, tuple[list[Completion], float]]:
+    Two rounds of forked processes: the fits with the runs that need no prior (those fill the processes while
+    the last fits finish), then the runs of the trajectory scheduler, forked once the priors are fitted.
+    """
+    fits = [(t, i) for t, plan in enumerate(plans) for i in range(len(plan.priors))]
+    fits.sort(key=lambda c: plans[c[0]].priors[c[1]].name != PRIOR_ROWS["crossfit"])  # the costliest first
     calls = [(t, e, w, o) for t, plan in enumerate(plans) for e in range(len(plan.entries))
              for w in setup.workers for o in range(setup.orders)]  # fmt: skip
-    if setup.backend == "ray":
-        return dict(zip(calls, _ray_runs(plans, calls), strict=True))
-    # the costly runs first, so that the last ones to finish are short
     calls.sort(key=lambda c: (not plans[c[0]].entries[c[1]].trajectory, -plans[c[0]].reference.fifo_epochs))
+    needs_prior = [plans[c[0]].entries[c[1]].name in {p.name for p in plans[c[0]].priors} for c in calls]
+    now = [c for c, needs in zip(calls, needs_prior, strict=True) if not needs and setup.backend != "ray"]
+    later = [c for c, needs in zip(calls, needs_prior, strict=True) if needs or setup.backend == "ray"]
     _SHARED.update(plans=plans)
     try:
-        return dict(zip(calls, _pool_map(_run_job, calls, setup.jobs), strict=True))
+        done = _pool_map([(_fit_job, c) for c in fits] + [(_run_job, c) for c in now], setup.jobs)
+        spearman = {}
+        for (t, i), (predictor, row) in zip(fits, done[: len(fits)], strict=True):
+            plans[t].priors[i].predictor = predictor
+            spearman[t, i] = row
+        outcomes = dict(zip(now, done[len(fits) :], strict=True))
+        if setup.backend == "ray":
+            outcomes |= dict(zip(later, _ray_runs(plans, later), strict=True))
+        else:
+            outcomes |= dict(zip(later, _pool_map([(_run_job, c) for c in later], setup.jobs), strict=True))
     finally:
         _SHARED.clear()
+    return spearman, outcomes
 
 
-def _ray_runs(plans: list[_Plan], calls: list[Call]) -> list[tuple[list[Completion], float]]:
+def _spearman_of(plan: _Plan, t: int, rows: Mapping[tuple[int, int], dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The bank's Spearman table: its priors' rows, the δ rule's curve predictor, the last value."""
+    curve = spearman_table(plan.frame, {"delta-curve": CurveOnlyPredictor()})
+    return {p.name: rows[t, i] for i, p in enumerate(plan.priors)} | curve
+
+
+def _ray_runs(plans: list[_Plan], calls: list[Call]) -> list[Outcome]:
     from clp_tune.bench.replay import RayReplay, ray_session
 
     out = []
@@ -194,11 +206,9 @@ def run_benchmark(setup: Setup) -> dict[str, Any]:
     started = time.perf_counter()
     modes = [m for m in prior_modes(setup.prior) if setup.only is None or prior_row(m) in setup.only]
     priors = [[build_prior(m, b, setup.suite, setup.folds) for m in modes] for b in setup.banks]
-    spearman = _fit_priors(setup, priors)
-    fit_seconds = time.perf_counter() - started
-    plans = [_plan(setup, bank, priors[t]) for t, bank in enumerate(setup.banks)]
-    outcomes = _run_all(setup, plans)
-    tasks = [_task_result(setup, t, plan, spearman[t], outcomes) for t, plan in enumerate(plans)]
+    plans = [_plan(setup, bank, bank.as_searched(), priors[t]) for t, bank in enumerate(setup.banks)]
+    spearman, outcomes = _run_all(setup, plans)
+    tasks = [_task_result(setup, t, plan, _spearman_of(plan, t, spearman), outcomes) for t, plan in enumerate(plans)]
     summary = {
         str(w): {name: across_tasks([task["schedulers"][str(w)][name] for task in tasks])
                  for name in tasks[0]["schedulers"][str(w)]}
@@ -209,13 +219,13 @@ def run_benchmark(setup: Setup) -> dict[str, Any]:
                      "seed": setup.seed, "backend": setup.backend, "jobs": setup.jobs, "folds": setup.folds,
                      "trajectory_options": setup.trajectory_options, "top_k_fraction": setup.top_k_fraction},
         "tasks": tasks, "summary": summary, "spearman_mean": mean_spearman([task["spearman"] for task in tasks]),
-        "fit_seconds": fit_seconds, "seconds": time.perf_counter() - started,
+        "seconds": time.perf_counter() - started,
     }  # fmt: skip
 
 
 def _task_result(
     setup: Setup, t: int, plan: _Plan, spearman: dict[str, dict[str, float]],
-    outcomes: Mapping[Call, tuple[list[Completion], float]],
+    outcomes: Mapping[Call, Outcome],
 ) -> dict[str, Any]:  # fmt: skip
     schedulers: dict[str, dict[str, Any]] = {}
     for w in setup.workers:

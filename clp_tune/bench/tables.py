@@ -32,7 +32,7 @@ def _name(name: str, headline: str) -> str:
 def print_legend(result: Mapping[str, Any]) -> None:
     """What each row and column means, once."""
     first = result["tasks"][0]
-    print("rows:")
+    print("rows (* marks the prior chosen with --prior):")
     for name, description in first["rows"].items():
         print(f"  {_name(name, first['headline']):<15}{description}")
     print(f"columns: epochs / no stopping (mean, worst order); regret in points = 100 x (bank's best final - best "
