@@ -118,6 +118,13 @@ def check_compatibility(spec: Spec) -> None:
         raise SpecError(f"params.{gridded[0]}.grid: a grid needs searcher 'random' (Optuna samples, it cannot grid)")
 
 
+def check_augment(spec: Spec) -> None:
+    """Random crops and flips (``augment: true``) move pixels: they need images, not 1-D samples."""
+    if spec.augment and len(DATASET_SHAPES[spec.dataset]) != 3:
+        images = ", ".join(name for name, shape in DATASET_SHAPES.items() if len(shape) == 3)
+        raise SpecError(f"augment: random crop and flip need an image dataset ({images}), got {spec.dataset!r}")
+
+
 def check_repeats(spec: Spec) -> None:
     """With nothing searched and ``seed`` fixed, every trial would run the same configuration with the same seed."""
     if not spec.searched() and "seed" in spec.params and spec.num_samples > 1:

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from clp_tune.trial.data import Splits, load_dataset
 from clp_tune.trial.detectors import detect_all
+from clp_tune.trial.device import DevicePath
 from clp_tune.trial.early_period import EarlyPeriod
 from clp_tune.trial.label_noise import corrupt_labels
 from clp_tune.trial.mixup import draw_mix_point, forward_and_loss
@@ -62,6 +63,7 @@ class TrialState:
     order_generator: torch.Generator  # the data order
     mix_generator: torch.Generator  # Mixup's permutations
     mix_rng: np.random.Generator  # Mixup's lambda and layer
+    augment_generator: torch.Generator  # the crops and flips (drawn only when the trial augments)
     dropout_generator: torch.Generator  # torch's global stream on the trial's device, which dropout draws from
     history: dict[str, list[float]]  # the detectors' input columns, one value per finished epoch
     fixed_columns: dict[str, float]  # pretraining's results, on every row (a resumed trial does not pretrain again)
@@ -107,13 +109,15 @@ def _global_generator(device: torch.device) -> torch.Generator:
     return torch.default_generator
 
 
-def _evaluate(model: BlockNet, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+def _evaluate(
+    model: BlockNet, x: torch.Tensor, y: torch.Tensor, splits: Splits, path: DevicePath
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split, in eval mode (stored samples made inputs per chunk)."""
     model.eval()
     loss, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
-    with torch.no_grad():
+    with torch.no_grad(), path.autocast():
         for start in range(0, len(x), EVAL_BATCH):
-            logits = model(x[start : start + EVAL_BATCH])
+            logits = model(path.layout(splits.inputs(x[start : start + EVAL_BATCH]))).float()
             target = y[start : start + EVAL_BATCH]
             loss += F.cross_entropy(logits, target, reduction="sum")
             correct += (logits.argmax(1) == target).sum()
@@ -121,12 +125,14 @@ def _evaluate(model: BlockNet, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss.item() / len(x), correct.item() / len(x)
 
 
-def _per_sample_loss(model: BlockNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Every training sample's loss in eval mode: what high-loss removal ranks the samples by."""
+def _per_sample_loss(model: BlockNet, y: torch.Tensor, splits: Splits, path: DevicePath) -> torch.Tensor:
+    """Every training sample's loss in eval mode, unaugmented: what high-loss removal ranks the samples by."""
     model.eval()
-    with torch.no_grad():
+    x = splits.x_train
+    with torch.no_grad(), path.autocast():
         losses = torch.cat(
-            [F.cross_entropy(model(x[s : s + EVAL_BATCH]), y[s : s + EVAL_BATCH], reduction="none")
+            [F.cross_entropy(model(path.layout(splits.inputs(x[s : s + EVAL_BATCH]))).float(), y[s : s + EVAL_BATCH],
+                             reduction="none")
              for s in range(0, len(x), EVAL_BATCH)]
         )  # fmt: skip
     model.train()
@@ -152,19 +158,22 @@ def _schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int) -> 
     )
 
 
-def _steps(trial: TrialState, x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tensor, batch_size: int,
-           alpha: float, mixup_kind: str) -> tuple[torch.Tensor, torch.Tensor, int]:  # fmt: skip
+def _steps(trial: TrialState, splits: Splits, y_train: torch.Tensor, order: torch.Tensor, batch_size: int,
+           alpha: float, mixup_kind: str, path: DevicePath,
+           forward: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:  # fmt: skip
     """One pass of full minibatches over ``order``: summed loss and correct count (on the device), samples seen."""
     model, optimizer = trial.model, trial.optimizer
     model.train()
     loss_sum, correct, seen = torch.zeros((), device=y_train.device), torch.zeros((), device=y_train.device), 0
     for start in range(0, len(order) - batch_size + 1, batch_size):
         index = order[start : start + batch_size]
-        x, y = x_train[index], y_train[index]
+        x = path.training_batch(splits.x_train[index], splits.inputs, trial.augment_generator)
+        y = y_train[index]
         mix = (
             draw_mix_point(model, len(y), alpha, mixup_kind, trial.mix_rng, trial.mix_generator) if alpha > 0 else None
         )
-        loss, batch_correct = forward_and_loss(model, x, y, mix)
+        with path.autocast():
+            loss, batch_correct = forward_and_loss(forward, x, y, mix)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trial.statistics.observe_step(model, optimizer.param_groups[0]["lr"])
@@ -189,15 +198,17 @@ def _detect(trial: TrialState, row: dict[str, Any], budget: int) -> None:
 
 
 def _epoch(trial: TrialState, epoch: int, splits: Splits, y_train: torch.Tensor, batch_size: int,
-           config: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+           config: dict[str, Any], path: DevicePath,
+           forward: Callable[..., torch.Tensor]) -> dict[str, Any]:  # fmt: skip
     """Train epoch ``epoch`` and return its row; ``diverged = 1`` (and no evaluation) when the loss is not finite."""
     started = time.perf_counter()
     alpha = trial.early.alpha(epoch)
     order = torch.randperm(len(y_train), generator=trial.order_generator).to(y_train.device)
     if trial.early.drops_high_loss(epoch):
-        kept = trial.early.keep_indices(_per_sample_loss(trial.model, splits.x_train, y_train))
+        kept = trial.early.keep_indices(_per_sample_loss(trial.model, y_train, splits, path))
         order = order[torch.isin(order, kept)]
-    loss_sum, correct, seen = _steps(trial, splits.x_train, y_train, order, batch_size, alpha, config["mixup_kind"])
+    loss_sum, correct, seen = _steps(trial, splits, y_train, order, batch_size, alpha, config["mixup_kind"], path,
+                                     forward)  # fmt: skip
     if seen == 0:
         raise ValueError(
             f"epoch {epoch} has no full minibatch: {len(order)} training samples left "
@@ -212,13 +223,13 @@ def _epoch(trial: TrialState, epoch: int, splits: Splits, y_train: torch.Tensor,
     if not math.isfinite(train_loss):
         row.update(diverged=1, val_loss=math.nan, val_acc=0.0, epoch_seconds=time.perf_counter() - started)
         return row
-    row["val_loss"], row["val_acc"] = _evaluate(trial.model, splits.x_val, splits.y_val)
+    row["val_loss"], row["val_acc"] = _evaluate(trial.model, splits.x_val, splits.y_val, splits, path)
     row["diverged"] = 0
     row.update(trial.statistics.end_epoch(trial.model, train_loss))
     row.update(trial.fixed_columns)
     _detect(trial, row, int(config["epochs"]))
     if epoch == int(config["epochs"]):
-        row["test_loss"], row["test_acc"] = _evaluate(trial.model, splits.x_test, splits.y_test)
+        row["test_loss"], row["test_acc"] = _evaluate(trial.model, splits.x_test, splits.y_test, splits, path)
     row["epoch_seconds"] = time.perf_counter() - started
     return row
 
@@ -237,12 +248,13 @@ def run_trial(config: dict[str, Any], report: Report, state: dict[str, Any] | No
     splits = (splits or load_dataset(config["dataset"])).to(device)
     y_train = corrupt_labels(splits.y_train, config["label_noise"], splits.num_classes, seed)
     model = build_model(config["model"], splits.input_shape, splits.num_classes, config["dropout"]).to(device)
+    path = DevicePath.from_config(config, device)
 
     fixed_columns: dict[str, float] = {}
     if config.get("pretrain", "none") != "none" and state is None:
         fixed_columns = pretrain_dae(
-            model, splits.x_train, config["pretrain"], config["pretrain_noise"], config["pretrain_noise_level"],
-            config["pretrain_epochs"], int(config["batch_size"]), 1e-3, seed,
+            model, splits.inputs(splits.x_train), config["pretrain"], config["pretrain_noise"],
+            config["pretrain_noise_level"], config["pretrain_epochs"], int(config["batch_size"]), 1e-3, seed,
         )  # fmt: skip
 
     probe = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed + 1))[:PROBE_SIZE].to(device)
@@ -254,7 +266,9 @@ def run_trial(config: dict[str, Any], report: Report, state: dict[str, Any] | No
         model=model,
         optimizer=optimizer,
         schedule=_schedule(optimizer, config["lr_schedule"], budget * (len(y_train) // batch_size)),
-        statistics=statistics_type(model, splits.x_train[probe], y_train[probe], enabled, splits.num_classes, seed),
+        statistics=statistics_type(
+            model, splits.inputs(splits.x_train[probe]), y_train[probe], enabled, splits.num_classes, seed
+        ),
         early=EarlyPeriod(
             config["mixup_off"],
             budget,
@@ -266,15 +280,17 @@ def run_trial(config: dict[str, Any], report: Report, state: dict[str, Any] | No
         order_generator=torch.Generator().manual_seed(seed + 2),
         mix_generator=torch.Generator().manual_seed(seed + 4),
         mix_rng=np.random.default_rng(seed + 3),
+        augment_generator=torch.Generator().manual_seed(seed + 5),
         dropout_generator=_global_generator(device),
         history={column: [] for column in dict.fromkeys(DETECTOR_INPUT.values())},
         fixed_columns=fixed_columns,
     )
     if state is not None:
         trial.load_state_dict(state)
+    forward = path.prepare(model)  # after loading: channels-last weights, compiled forward
 
     for epoch in range(trial.epoch + 1, budget + 1):
-        row = _epoch(trial, epoch, splits, y_train, batch_size, config)
+        row = _epoch(trial, epoch, splits, y_train, batch_size, config, path, forward)
         if row["diverged"]:
             report(row, None)
             return

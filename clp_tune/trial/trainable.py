@@ -1,7 +1,10 @@
 """The Ray Tune function trainable: Ray's side of a trial around :func:`clp_tune.trial.recipe.run_trial`.
 
-Ray grants the trial its CPUs and maybe a GPU; the recipe's per-epoch state travels as one checkpoint file with each
-``tune.report``, so a trial killed with its node resumes where it stopped. Everything about training is the recipe's.
+Ray grants the trial its CPUs and maybe a GPU; the recipe's per-epoch state travels as one checkpoint file with every
+``checkpoint_every``-th ``tune.report`` (and the last epoch's), so a trial killed with its node, or paused by its
+scheduler, resumes from its last checkpoint. It then trains the epochs since again from the exactly restored state and
+re-reports the same rows, which replace the earlier ones (``clp_tune.store`` and the trajectory scheduler keep the
+last row of an epoch). Everything about training is the recipe's.
 """
 
 from __future__ import annotations
@@ -51,8 +54,10 @@ def train_trial(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=False)
 
+    every, budget = int(config.get("checkpoint_every", 1)), int(config["epochs"])
+
     def report(row: dict[str, Any], trial_state: dict[str, Any] | None) -> None:
-        if trial_state is None:
+        if trial_state is None or (row["epoch"] % every and row["epoch"] != budget):
             tune.report(row)
             return
         with tempfile.TemporaryDirectory() as directory:
