@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from clp_tune.spec import Spec, SpecError, load_spec
+from clp_tune.spec_guard import load_spec_file
 from clp_tune.vocabulary import REPORT_PAGE, SPEC_FILE, TRAJECTORIES_FILE
 
 EXIT_FAILED = 1
@@ -40,9 +41,9 @@ def _search_outcome(run_dir: Path) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    spec = load_spec_file(args.spec)  # before importing the search (torch, Ray: seconds), so bad input is instant
     from clp_tune.search import run_search
 
-    spec = load_spec(args.spec)
     _start_ray(spec, args)
     paths = run_search(spec, storage_path=args.storage_path, run_name=args.run_name, reports_dir=args.reports_dir)
     print(f"\nrun directory: {paths.run_dir}")
@@ -52,23 +53,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from clp_tune.remote import open_run
     from clp_tune.search import resume_search
 
-    if not Path(args.run_dir).is_dir():
-        print(f"error: {args.run_dir}: no such run directory", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    spec_path = Path(args.run_dir) / SPEC_FILE
-    if not spec_path.is_file():
-        print(f"error: {args.run_dir}: not a clp-tune run directory (no {SPEC_FILE})", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    _start_ray(load_spec(spec_path), args)
-    paths = resume_search(args.run_dir, reports_dir=args.reports_dir)
+    experiment, local_dir = open_run(args.run_dir)
+    _start_ray(load_spec(local_dir / SPEC_FILE), args)
+    paths = resume_search(experiment, local_dir, reports_dir=args.reports_dir)
     print(f"\nreport: {paths.report_dir / REPORT_PAGE}")
     return _search_outcome(paths.run_dir)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
+    spec = load_spec_file(args.spec)
     print(f"{args.spec}: valid — {spec.num_samples} trials of {spec.model} on {spec.dataset} for {spec.epochs} epochs;")
     searcher = spec.searcher if spec.searched() else "none (nothing to sample)"
     print(f"  searcher {searcher}, scheduler {spec.scheduler.type}; searched: {spec.search_summary()}")
@@ -76,13 +72,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from clp_tune.remote import open_run
     from clp_tune.search import finish
 
-    run_dir = Path(args.run_dir).resolve()
-    if not (run_dir / SPEC_FILE).is_file():
-        print(f"error: {run_dir}: not a clp-tune run directory (no {SPEC_FILE})", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    paths = finish(str(run_dir), run_dir, args.reports_dir)
+    experiment, local_dir = open_run(args.run_dir)
+    paths = finish(experiment, local_dir, args.reports_dir)
     print(f"report: {paths.report_dir / REPORT_PAGE}")
     return 0
 
@@ -90,7 +84,7 @@ def _report(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from clp_tune.submit import submit_search
 
-    load_spec(args.spec)  # reject a bad file before anything is uploaded
+    load_spec_file(args.spec)  # reject a bad file before anything is uploaded
     return submit_search(args.spec, args.address, args.storage_path, report_dest=args.reports_dir)
 
 
@@ -127,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Continue a search whose driver died: finished trials are kept, unfinished trials continue from their last "
         "checkpoint, and the search ends with the planned number of trials.",
     )  # fmt: skip
-    resume.add_argument("run_dir", help="the run directory (runs/<name>-<timestamp>)")
+    resume.add_argument("run_dir", help="the run directory (runs/<name>-<timestamp>) or its URI (s3://.../<name>)")
     add_ray_options(resume)
 
     command("validate", _validate, "check a search-space file without running it").add_argument(
@@ -135,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     report = command("report", _report, "(re)write the Parquet tables and HTML report of a run")
-    report.add_argument("run_dir", help="the run directory")
+    report.add_argument("run_dir", help="the run directory or its URI (s3://.../<name>)")
     report.add_argument("--reports-dir", default="reports", help="where reports/<name>/ go (default: reports)")
 
     submit = command(

@@ -1,4 +1,5 @@
-"""`clp-tune submit` against a real local Ray head (started with the CLI, as on a cluster's head node).
+"""`clp-tune submit` against a real local Ray head (started with the CLI, as on a cluster's head node), with the
+run's storage on a real S3-compatible server on 127.0.0.1 (moto's, :mod:`s3_server`), as on a cluster.
 
 The head gets its own temp dir, its own free ports and a marker variable in its environment; teardown ends
 exactly the processes that carry the marker (every Ray process inherits it), never `ray stop`, which would
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from s3_server import bucket_files, moto_s3, read_text
 
 from clp_tune.submit import submit_search
 
@@ -28,6 +30,7 @@ from clp_tune.submit import submit_search
 pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
 
 SEARCH_DEADLINE_S = 170  # the whole submit-and-fetch test must stay under 3 minutes
+BUCKET = "clp-tune-submit"
 SPEC_NAME = "submit_smoke"
 SPEC = {
     "name": SPEC_NAME,
@@ -74,14 +77,24 @@ def _kill_marked(marker: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
-    """A one-node Ray cluster with the dashboard (Jobs API) on 127.0.0.1; yields the Jobs API address."""
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The S3 server, its bucket, and the AWS variables pointing at it (set in this process too)."""
+    with moto_s3(BUCKET, tmp_path_factory.mktemp("moto") / "moto.log") as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def ray_head(s3: dict[str, str]) -> Iterator[str]:
+    """A one-node Ray cluster with the dashboard (Jobs API) on 127.0.0.1; yields the Jobs API address.
+
+    The head is started with the AWS variables of the test's S3 server, as a cluster's nodes get their access to
+    the bucket from their machine (an instance profile), not from the client."""
     if shutil.which("ray") is None:
         pytest.fail("the `ray` CLI is not on PATH")
     marker = f"CLP_TUNE_TEST_HEAD={uuid.uuid4().hex}"
     temp_dir = tempfile.mkdtemp(prefix="clp_ray_")  # short: Ray's socket paths must fit in 107 bytes
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    env.update(RAY_AUTH_MODE="disabled", **dict([marker.split("=", 1)]))
+    env.update(RAY_AUTH_MODE="disabled", **s3, **dict([marker.split("=", 1)]))
     gcs, dashboard, client, agent_http, agent_grpc, runtime_env, metrics, node_manager, objects = _free_ports(9)
     command = [
         "ray", "start", "--head", f"--temp-dir={temp_dir}",
@@ -139,13 +152,13 @@ def _jobs(address: str):
     return JobSubmissionClient(address)
 
 
-def test_submits_search_streams_logs_and_fetches_report(
+def test_submits_search_streams_logs_and_fetches_report_from_s3(
     ray_head: str, client_env: None, spec_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    storage, reports = tmp_path / "storage", tmp_path / "reports"
+    storage, reports = f"s3://{BUCKET}/clp-tune", tmp_path / "reports"
     with _deadline(SEARCH_DEADLINE_S):
         code = submit_search(
-            str(spec_dir / "spec.yaml"), ray_head, str(storage), working_dir=str(spec_dir), report_dest=str(reports)
+            str(spec_dir / "spec.yaml"), ray_head, storage, working_dir=str(spec_dir), report_dest=str(reports)
         )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -158,11 +171,13 @@ def test_submits_search_streams_logs_and_fetches_report(
     log = _jobs(ray_head).get_job_logs(run_name)
     assert log.strip() and log in out
     assert out.count(log) == 1
-    # The run went to the storage path, and its report came back to the destination.
-    assert (storage / run_name / "trajectories.parquet").is_file()
+    # The run went to the bucket, and its report came back from there to the destination.
+    files = bucket_files(f"{storage}/{run_name}")
+    for name in ("spec.yaml", "trajectories.parquet", "trials.parquet", "tuner.pkl", "report/index.html"):
+        assert name in files, f"{name} not in the bucket: {sorted(files)}"
     report = reports / SPEC_NAME / "index.html"
     assert report.is_file()
-    assert report.read_bytes() == (storage / run_name / "report" / "index.html").read_bytes()
+    assert report.read_text() == read_text(f"{storage}/{run_name}/report/index.html")
     assert f"report: {report}" in out
 
 

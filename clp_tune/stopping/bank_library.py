@@ -53,15 +53,46 @@ SUITE: dict[str, BankTask] = {
 
 
 def load_bank(path: str | Path | None) -> pd.DataFrame:
-    """Read a bank Parquet (default: the shipped one) and check its schema."""
+    """Read a bank Parquet (default: the shipped one) and check its schema and values.
+
+    A bank is the predictor's prior: a bad one would be fitted silently (a string or NaN accuracy poisons every
+    fit, a repeated epoch makes a trajectory ambiguous, a bank of unfinished trials has no final to learn), so
+    each of those is a ValueError of one line naming the file and the column.
+    """
     import pandas as pd
+    import pyarrow
+
+    from clp_tune.stopping.features import is_complete, trajectories_from_frame
 
     path = Path(path) if path else SHIPPED_BANK
     if not path.is_file():
         raise FileNotFoundError(f"no trajectory bank at {path}")
-    bank = pd.read_parquet(path)
-    missing = {"trial_id", "epoch", "val_acc"} - set(bank.columns)
+    try:
+        bank = pd.read_parquet(path)
+    except (pyarrow.ArrowException, OSError) as error:
+        raise ValueError(f"{path}: not a readable Parquet file ({' '.join(str(error).split())})") from None
+    missing = [c for c in ("trial_id", "epoch", "val_acc") if c not in bank.columns]
     if missing:
-        raise ValueError(f"{path}: a bank needs trial_id, epoch and val_acc columns; missing {sorted(missing)}")
+        raise ValueError(f"{path}: a bank needs trial_id, epoch and val_acc columns; missing column {missing[0]}")
+    for column in ("epoch", "val_acc"):
+        values = pd.to_numeric(bank[column], errors="coerce")
+        if not pd.api.types.is_numeric_dtype(bank[column]) or pd.api.types.is_bool_dtype(bank[column]):
+            bad = bank.loc[values.isna(), column]
+            shown = repr(bad.iloc[0]) if len(bad) else f"dtype {bank[column].dtype}"
+            raise ValueError(f"{path}: column {column}: expected numbers, got {shown}")
+        if values.isna().any():
+            row = bank.loc[values.isna()].iloc[0]
+            raise ValueError(f"{path}: column {column}: expected numbers without NaN, got NaN in "
+                             f"{int(values.isna().sum())} row(s) (first: trial {row['trial_id']!r})")  # fmt: skip
+    if ((bank["epoch"] < 1) | (bank["epoch"] % 1 != 0)).any():
+        raise ValueError(f"{path}: column epoch: expected whole numbers >= 1, got {bank['epoch'].min()!r} or others")
     bank = bank.assign(trial_id=bank["trial_id"].astype(str), epoch=bank["epoch"].astype(int))
-    return bank.drop_duplicates(["trial_id", "epoch"], keep="last").sort_values(["trial_id", "epoch"], kind="stable")
+    repeated = bank.duplicated(["trial_id", "epoch"])
+    if repeated.any():
+        row = bank.loc[repeated].iloc[0]
+        raise ValueError(f"{path}: column epoch: trial {row['trial_id']!r} has epoch {row['epoch']} more than once "
+                         f"({int(repeated.sum())} repeated row(s)); expected one row per trial and epoch")  # fmt: skip
+    if not any(is_complete(t) for t in trajectories_from_frame(bank)):
+        raise ValueError(f"{path}: column epoch: no trial ran its whole budget (config/epochs, else its last epoch) "
+                         f"without diverging, so the bank has no final val_acc to learn from")  # fmt: skip
+    return bank.sort_values(["trial_id", "epoch"], kind="stable")

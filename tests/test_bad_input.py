@@ -1,0 +1,233 @@
+"""Bad input everywhere: each is refused with exit 2 and one line naming the file (and the key or column), fast,
+before anything starts (no Ray, no run directory).
+
+Specs go through ``clp-tune run`` itself, in this process: a spec the checks let through would start Ray and make
+a run directory, which the test sees. Banks go through ``clp-tune bench schedulers --bank`` and through a spec's
+``scheduler.bank``; run directories through ``clp-tune report`` and ``clp-tune resume``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import tiny_spec
+
+from clp_tune.cli import main
+
+SECONDS = 1.0  # per refusal, measured inside the test on a busy 2-core machine
+
+
+def _spec_text(**overrides) -> str:
+    return yaml.safe_dump(tiny_spec(**overrides), sort_keys=False)
+
+
+def _without(key: str) -> str:
+    spec = tiny_spec()
+    del spec[key]
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def _with_params(**params) -> str:
+    return _spec_text(params={"lr": {"loguniform": [0.001, 0.01]}, **params})
+
+
+BILLION_LAUGHS = "name: lol\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" if i else "l0: &l0 [lol]\n" for i in range(10)
+)
+
+#: (id, file contents as text or bytes, a word the one-line error must contain besides the file's name)
+SPECS: list[tuple[str, str | bytes, str]] = [
+    # types
+    ("epochs-string", _spec_text(epochs="ten"), "epochs"),
+    ("num-samples-float", _spec_text(num_samples=2.5), "num_samples"),
+    ("name-int", _spec_text(name=123), "name"),
+    ("dataset-list", _spec_text(dataset=["digits"]), "dataset"),
+    ("params-list", _spec_text(params=[1, 2]), "params"),
+    ("resources-string", _spec_text(resources="cpu"), "resources"),
+    ("statistics-int", _spec_text(statistics=5), "statistics"),
+    ("scheduler-int", _spec_text(scheduler=7), "scheduler"),
+    ("concurrency-bool", _spec_text(max_concurrent_trials=True), "max_concurrent_trials"),
+    ("distribution-args-string", _with_params(dropout={"uniform": "low"}), "dropout"),
+    # ranges
+    ("epochs-zero", _spec_text(epochs=0), "epochs"),
+    ("num-samples-negative", _spec_text(num_samples=-1), "num_samples"),
+    ("gpu-fraction-above-one", _spec_text(resources={"cpu": 1, "gpu": 1.5}), "gpu"),
+    ("cpu-zero", _spec_text(resources={"cpu": 0}), "cpu"),
+    ("search-seed-negative", _spec_text(search_seed=-3), "search_seed"),
+    ("loguniform-reversed", _with_params(weight_decay={"loguniform": [0.1, 0.001]}), "weight_decay"),
+    ("delta-above-one", _spec_text(scheduler={"type": "trajectory", "delta": 1.5}), "delta"),
+    ("k-zero", _spec_text(scheduler={"type": "trajectory", "k": 0}), "k"),
+    ("min-fraction-zero", _spec_text(scheduler={"type": "trajectory", "min_fraction": 0}), "min_fraction"),
+    ("fixed-seed-repeated", _spec_text(params={"seed": 3}), "seed"),
+    # unknown keys and values
+    ("unknown-top-level-key", _spec_text(epoch=3), "epoch"),
+    ("unknown-knob", _with_params(learning_rate=0.1), "learning_rate"),
+    ("unknown-scheduler-option", _spec_text(scheduler={"type": "trajectory", "kk": 1}), "kk"),
+    ("unknown-resource", _spec_text(resources={"cpu": 1, "tpu": 1}), "tpu"),
+    ("unknown-scheduler", _spec_text(scheduler="hyperband"), "scheduler"),
+    ("unknown-dataset", _spec_text(dataset="imagenet"), "dataset"),
+    ("missing-dataset", _without("dataset"), "dataset"),
+    # not a spec at all
+    ("empty-file", "", "mapping"),
+    ("only-a-comment", "# nothing here\n", "mapping"),
+    ("a-scalar", "hello\n", "mapping"),
+    ("a-list", "- name: x\n- dataset: digits\n", "mapping"),
+    ("binary-junk", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "read"),
+    ("broken-yaml", "name: [unclosed\ndataset: digits\n", "YAML"),
+    ("utf16", _spec_text().encode("utf-16"), "read"),
+    # too big to be a spec, or to parse
+    ("ten-megabytes", "name: big\ndescription: '" + "x" * 10_000_000 + "'\n", "bytes"),
+    ("billion-laughs", BILLION_LAUGHS, "aliases are expanded"),
+    ("nested-500-deep", "name: " + "[" * 500 + "]" * 500 + "\n", "nested"),
+    ("nested-past-libyaml", "name: " + "[" * 5000 + "]" * 5000 + "\n", "YAML"),
+    ("a-wide-list", "name: [" + "1," * 2_500 + "1]\n", "nodes"),
+]
+
+
+@pytest.mark.parametrize(("contents", "word"), [case[1:] for case in SPECS], ids=[case[0] for case in SPECS])
+def test_malformed_spec_is_refused_fast_and_starts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], contents: str | bytes, word: str
+) -> None:
+    import ray
+
+    path = tmp_path / "spec.yaml"
+    if isinstance(contents, bytes):
+        path.write_bytes(contents)
+    else:
+        path.write_text(contents)
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    started = time.perf_counter()
+    code = main(["run", str(path), "--storage-path", str(runs), "--reports-dir", str(reports), "--num-cpus", "2"])
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert seconds < SECONDS, f"refused in {seconds:.2f} s"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}"), err
+    assert word in lines[0], lines[0]
+    assert not ray.is_initialized() and not runs.exists() and not reports.exists()
+
+
+def test_a_directory_or_no_file_is_not_a_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for path in (tmp_path, tmp_path / "absent.yaml"):
+        assert main(["validate", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err, err
+
+
+# --- banks ------------------------------------------------------------------------------------------------------
+
+
+def _bank(trials: int = 3, epochs: int = 4) -> pd.DataFrame:
+    rows = [
+        {"trial_id": f"t{t}", "epoch": e, "val_acc": 0.1 + 0.2 * e / epochs + 0.01 * t, "config/epochs": epochs,
+         "config/lr": 0.01 * (t + 1)}
+        for t in range(trials) for e in range(1, epochs + 1)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _string_val_acc(bank: pd.DataFrame) -> pd.DataFrame:
+    return bank.assign(val_acc=bank["val_acc"].map(lambda v: f"{v:.2f}"))
+
+
+def _nan_val_acc(bank: pd.DataFrame) -> pd.DataFrame:
+    return bank.assign(val_acc=bank["val_acc"].where(bank.index != 5))
+
+
+def _repeated_epoch(bank: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([bank, bank.iloc[[2]]], ignore_index=True)
+
+
+def _no_complete_trial(bank: pd.DataFrame) -> pd.DataFrame:
+    return bank[bank["epoch"] < 4]
+
+
+#: (id, how a good bank is broken, the column the error names)
+BANKS: list[tuple[str, Callable[[pd.DataFrame], pd.DataFrame] | None, str]] = [
+    ("missing-val-acc", lambda bank: bank.drop(columns=["val_acc"]), "val_acc"),
+    ("missing-epoch", lambda bank: bank.drop(columns=["epoch"]), "epoch"),
+    ("missing-trial-id", lambda bank: bank.drop(columns=["trial_id"]), "trial_id"),
+    ("string-val-acc", _string_val_acc, "val_acc"),
+    ("nan-val-acc", _nan_val_acc, "val_acc"),
+    ("repeated-epoch", _repeated_epoch, "epoch"),
+    ("no-complete-trial", _no_complete_trial, "epoch"),
+    ("not-parquet", None, "Parquet"),
+]
+
+
+def _write_bank(path: Path, broken: Callable[[pd.DataFrame], pd.DataFrame] | None) -> Path:
+    if broken is None:
+        path.write_text("trial_id,epoch,val_acc\nt0,1,0.5\n")
+    else:
+        broken(_bank()).to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize(("broken", "column"), [case[1:] for case in BANKS], ids=[case[0] for case in BANKS])
+def test_bad_bank_is_refused_by_the_benchmark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], broken: Callable | None, column: str
+) -> None:
+    bank = _write_bank(tmp_path / "bank.parquet", broken)
+    assert main(["bench", "schedulers", "--bank", str(bank), "--orders", "1", "--workers", "1", "--jobs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(bank) in err and column in err, err
+
+
+@pytest.mark.parametrize(("broken", "column"), [case[1:] for case in BANKS], ids=[case[0] for case in BANKS])
+def test_bad_bank_in_a_spec_is_refused_at_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], broken: Callable | None, column: str
+) -> None:
+    import ray
+
+    bank = _write_bank(tmp_path / "bank.parquet", broken)
+    path = tmp_path / "spec.yaml"
+    path.write_text(_spec_text(scheduler={"type": "trajectory", "bank": str(bank)}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "scheduler.bank" in err and str(bank) in err and column in err, err
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--storage-path", str(runs), "--reports-dir", str(tmp_path / "r")]) == 2
+    assert not ray.is_initialized() and not runs.exists()
+
+
+def test_a_good_bank_passes(tmp_path: Path) -> None:
+    """The checks refuse the broken banks above, not banks as such."""
+    bank = _write_bank(tmp_path / "bank.parquet", lambda bank: bank)
+    path = tmp_path / "spec.yaml"
+    path.write_text(_spec_text(scheduler={"type": "trajectory", "bank": str(bank)}))
+    assert main(["validate", str(path)]) == 0
+
+
+# --- run directories ---------------------------------------------------------------------------------------------
+
+
+def _not_runs(tmp_path: Path) -> dict[str, Path]:
+    spec_only = tmp_path / "spec-only"
+    spec_only.mkdir()
+    (spec_only / "spec.yaml").write_text(_spec_text())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    return {"absent": tmp_path / "absent", "empty": empty, "a-file": a_file, "spec-only": spec_only}
+
+
+@pytest.mark.parametrize("command", ["report", "resume"])
+def test_report_and_resume_refuse_what_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    import ray
+
+    for name, path in _not_runs(tmp_path).items():
+        assert main([command, str(path), "--reports-dir", str(tmp_path / "reports")]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err, (name, err)
+    assert not ray.is_initialized() and not (tmp_path / "reports").exists()
