@@ -14,10 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from clp_tune.remote import RunFileSync, is_uri, local_copy, push_report
 from clp_tune.spec import Spec, SpecError, load_spec, param_space
 from clp_tune.stopping.factory import build_scheduler
 from clp_tune.trial.trainable import train_trial
-from clp_tune.vocabulary import REPORT_DIR, SPEC_FILE, TRIALS_FILE
+from clp_tune.vocabulary import REPORT_DIR, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
 
 
 @dataclass(frozen=True)
@@ -145,31 +146,37 @@ def _no_checkpoint_sync_warnings() -> None:
 
 
 def make_searcher(spec: Spec):
-    """Optuna TPE (through Ray's OptunaSearch) or plain random sampling.
+    """Optuna TPE (through Ray's OptunaSearch) or plain random sampling, limited to ``max_concurrent_trials`` trials
+    at once, trials the scheduler froze (PAUSED) not counted (:mod:`clp_tune.stopping.slots`).
 
     With nothing searched, always the basic variant generator, whatever ``searcher:`` says: there is nothing for
     a searcher to sample (OptunaSearch raises on an empty space), and the generator expands the seed grid
     :func:`~clp_tune.spec.param_space` puts in the space (repeats over seeds).
     """
+    from clp_tune.stopping.slots import FrozenSlotsLimiter, FrozenSlotsVariantGenerator
+
     if spec.searcher == "optuna" and spec.searched():
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         startup = max(2, min(10, spec.num_samples // 3))
         sampler = optuna.samplers.TPESampler(seed=spec.search_seed, n_startup_trials=startup)
-        return OptunaSearch(sampler=sampler)
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    # Tune ignores TuneConfig.max_concurrent_trials for a passed-in generator: give it the limit itself.
-    return BasicVariantGenerator(random_state=spec.search_seed, max_concurrent=spec.max_concurrent_trials)
+        return FrozenSlotsLimiter(OptunaSearch(sampler=sampler), spec.max_concurrent_trials)
+    return FrozenSlotsVariantGenerator(random_state=spec.search_seed, max_concurrent=spec.max_concurrent_trials)
 
 
 def make_scheduler(spec: Spec, run_dir: Path):
     """The trial scheduler named in the spec (:func:`~clp_tune.stopping.factory.build_scheduler` builds them all)."""
+    from clp_tune.stopping.user_banks import library_dir, matching
+
     options = spec.scheduler
+    trajectory = options.trajectory_options()
+    if options.type == "trajectory" and "bank" not in trajectory:
+        own = matching(library_dir(spec.bank_library), spec.dataset, spec.model)
+        trajectory["user_banks"] = [str(path) for path in own]
     return build_scheduler(
         options.type, spec.epochs, state_dir=run_dir, grace_period=options.grace_period,
-        reduction_factor=options.reduction_factor, trajectory_options=options.trajectory_options(),
+        reduction_factor=options.reduction_factor, trajectory_options=trajectory,
     )  # fmt: skip
 
 
@@ -179,24 +186,21 @@ def trainable_for(spec: Spec):
     return tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def _is_uri(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
 def run_search(
     spec: Spec, storage_path: str | Path = "runs", run_name: str | None = None, reports_dir: str | Path = "reports"
 ) -> RunPaths:
     """Run the whole search; returns where its results and report are.
 
     ``storage_path`` may be a local directory or a URI (``s3://...``) that every node of a cluster can reach;
-    with a URI, the driver keeps a local copy of the run's own files under ``runs/`` and uploads them at the end.
+    with a URI, the driver keeps a local copy of the run's own files under ``runs/`` and mirrors them to the URI
+    while the search runs (:class:`~clp_tune.remote.RunFileSync`), so ``clp-tune resume`` can continue it from there.
     """
     from ray import tune
 
     _no_checkpoint_sync_warnings()
     run_name = run_name or f"{spec.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    storage = str(storage_path) if _is_uri(storage_path) else str(Path(storage_path).resolve())
-    local_dir = (Path("runs") / run_name).resolve() if _is_uri(storage) else Path(storage) / run_name
+    storage = str(storage_path) if is_uri(storage_path) else str(Path(storage_path).resolve())
+    local_dir = local_copy(f"{storage}/{run_name}") if is_uri(storage) else Path(storage) / run_name
     local_dir.mkdir(parents=True, exist_ok=True)
     (local_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
     tuner = tune.Tuner(
@@ -205,10 +209,10 @@ def run_search(
         tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode, search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec, local_dir), num_samples=spec.tune_num_samples(),
-            max_concurrent_trials=spec.max_concurrent_trials,
-        ),
+        ),  # the searcher holds max_concurrent_trials (make_searcher)
         run_config=tune.RunConfig(
             name=run_name, storage_path=storage, verbose=1,
+            callbacks=[RunFileSync(local_dir, f"{storage}/{run_name}")] if is_uri(storage) else None,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -217,38 +221,51 @@ def run_search(
     return finish(f"{storage}/{run_name}", local_dir, reports_dir)
 
 
-def resume_search(run_dir: str | Path, reports_dir: str | Path = "reports") -> RunPaths:
-    """Continue an interrupted search: finished trials are kept, unfinished ones resume from checkpoints."""
+def resume_search(experiment: str, local_dir: Path, reports_dir: str | Path = "reports") -> RunPaths:
+    """Continue an interrupted search: finished trials are kept, unfinished ones resume from checkpoints.
+
+    ``experiment`` is the run's path or URI and ``local_dir`` the driver's run directory with the run's own files
+    (:func:`clp_tune.remote.open_run` finds both, fetching a URI's from the bucket). Ray unpickles the scheduler
+    and callbacks it pickled at the start, which point at the first driver's run directory (a dead machine's path
+    for a cluster run) and forget the scheduler's state (ray-project/ray#30838); so the scheduler is built again
+    from the spec over ``local_dir``, reloading the state found there, and a URI run mirrors its files again.
+    """
     from ray import tune
 
-    run_dir = Path(run_dir).resolve()
-    if not tune.Tuner.can_restore(str(run_dir)):
-        raise FileNotFoundError(f"{run_dir} is not a Ray Tune run directory that can be resumed")
-    spec = load_spec(run_dir / SPEC_FILE)
+    if not tune.Tuner.can_restore(experiment):
+        raise SpecError(f"{experiment}: not a Ray Tune run that can be resumed (no tuner.pkl)")
+    spec = load_spec(local_dir / SPEC_FILE)
     _no_checkpoint_sync_warnings()
-    tuner = tune.Tuner.restore(
-        str(run_dir), trainable=trainable_for(spec), resume_unfinished=True, resume_errored=False
-    )
+    tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec), resume_unfinished=True, resume_errored=False)
+    restored = tuner._local_tuner  # Ray 2.60's TunerInternal: the restored TuneConfig and RunConfig
+    restored._tune_config.scheduler = make_scheduler(spec, local_dir)
+    restored._run_config.callbacks = [RunFileSync(local_dir, experiment)] if is_uri(experiment) else None
     tuner.fit()
-    return finish(str(run_dir), run_dir, reports_dir)
+    return finish(experiment, local_dir, reports_dir)
 
 
 def finish(experiment: str, local_dir: Path, reports_dir: str | Path = "reports") -> RunPaths:
-    """Write the Parquet tables and the report into ``local_dir`` and ``reports/<name>/``.
+    """Write the Parquet tables and the report into ``local_dir`` and ``reports/<name>/``, and add the run's
+    trajectories to the user's bank library (:mod:`clp_tune.stopping.user_banks`).
 
     When the experiment lives at a URI, the run's own files are uploaded next to Ray's there, so a client
     (``clp-tune submit``) can fetch the report from shared storage.
     """
+    import pandas as pd
+
     from clp_tune.report.page import write_report
+    from clp_tune.stopping.persistence import compact
+    from clp_tune.stopping.user_banks import add_run, library_dir
     from clp_tune.store import write_store
 
     spec = load_spec(local_dir / SPEC_FILE)
+    compact(local_dir)  # the scheduler's journal into its snapshot and decisions.parquet
     write_store(experiment, local_dir)
+    trajectories = pd.read_parquet(local_dir / TRAJECTORIES_FILE)
+    add_run(library_dir(spec.bank_library), local_dir.name, trajectories, spec.dataset, spec.model, spec.epochs)
     report_dir = Path(reports_dir) / spec.name
     write_report(local_dir, report_dir)
     shutil.copytree(report_dir, local_dir / REPORT_DIR, dirs_exist_ok=True)
-    if _is_uri(experiment):
-        import pyarrow.fs
-
-        pyarrow.fs.copy_files(str(local_dir), experiment)
+    if is_uri(experiment):
+        push_report(local_dir, experiment)
     return RunPaths(run_dir=local_dir, report_dir=report_dir)

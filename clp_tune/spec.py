@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from clp_tune.knobs import KNOBS
 from clp_tune.spec_checks import (
     SpecError,
+    check_augment,
     check_compatibility,
     check_detector_inputs,
     check_high_loss_batches,
@@ -24,11 +25,13 @@ from clp_tune.spec_checks import (
 )
 from clp_tune.vocabulary import (
     DATASETS,
+    GPU_CHECKPOINT_EVERY,
     MODELS,
     SCHEDULER_TYPES,
     SEARCHERS,
     STATISTIC_GROUPS,
     TRAJECTORY_OPTIONS,
+    augments_by_default,
 )
 
 # --- the file's structure ----------------------------------------------------------------------------------
@@ -103,7 +106,18 @@ class Spec(_Strict):
     max_concurrent_trials: int = Field(2, gt=0)
     resources: Resources = Resources()
     max_failures: int = Field(1, ge=0)
+    # The user's bank library (clp_tune.stopping.user_banks): a directory, or "off"; default $CLP_TUNE_BANKS, else
+    # ~/.cache/clp_tune/banks. A finished search adds its trajectories; a trajectory search fits on its matches.
+    bank_library: str | None = Field(None, min_length=1)
     statistics: list[str] = Field(default_factory=lambda: list(STATISTIC_GROUPS))
+    # How a trial trains on its device (not searched): augmentation (default: on for CIFAR, off elsewhere); on CUDA,
+    # bf16 autocast and channels-last (on) and torch.compile (off); epochs between checkpoints (default: 1 on CPU,
+    # vocabulary.GPU_CHECKPOINT_EVERY for GPU trials; the last epoch always checkpoints).
+    augment: bool | None = None
+    bf16: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    checkpoint_every: int | None = Field(None, gt=0)
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("scheduler", mode="before")
@@ -164,6 +178,10 @@ class Spec(_Strict):
         """Everything a trial needs that is not searched: settings, knob defaults and fixed knob values."""
         config: dict[str, Any] = {"dataset": self.dataset, "model": self.model, "epochs": self.epochs}
         config["statistics"] = ",".join(self.statistics)
+        config["augment"] = augments_by_default(self.dataset) if self.augment is None else self.augment
+        config.update(bf16=self.bf16, channels_last=self.channels_last, compile=self.compile)
+        default_every = GPU_CHECKPOINT_EVERY if self.resources.gpu > 0 else 1
+        config["checkpoint_every"] = self.checkpoint_every or default_every
         for name, knob in KNOBS.items():
             value = self.params.get(name, knob.default)
             if not isinstance(value, dict):
@@ -199,6 +217,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
         check_repeats(spec)
         check_high_loss_batches(spec)
         check_detector_inputs(spec)
+        check_augment(spec)
     except SpecError as error:
         raise SpecError(f"{source}: {error}") from None
     return spec

@@ -44,6 +44,22 @@ TRAIN_SIZES: dict[str, int] = {name: n - int(round(n * VALIDATION_FRACTION)) for
 #: Models and the input rank each needs (None: any input, flattened).
 MODEL_INPUT_RANK: dict[str, int | None] = {"cnn1d": 1, "mlp": None, "convnet": 3, "resnet18": 3}
 MODELS = tuple(MODEL_INPUT_RANK)
+#: Datasets whose trials augment by default (``augment:``; clp_tune.trial.augment: random crop with 4-pixel padding
+#: and horizontal flip, CIFAR's standard recipe); the others train on the samples as they are.
+AUGMENTED_BY_DEFAULT = ("cifar10", "cifar100")
+
+
+def augments_by_default(dataset: str) -> bool:
+    """Whether a trial on ``dataset`` augments when its spec (or config) does not say."""
+    return dataset in AUGMENTED_BY_DEFAULT
+
+
+#: Epochs between checkpoints of a GPU trial when the spec leaves ``checkpoint_every`` out. A ResNet-18 checkpoint
+#: (179 MB: weights, SGD momentum, the statistics' reference weights) took 0.47 s to save and copy to storage on
+#: this project's 2-core CPU machine, next to ~1800 s for a CPU epoch of CIFAR-10 (so CPU trials keep checkpointing
+#: every epoch), where a GPU epoch is expected to take seconds (not measured yet): every 5th epoch keeps the cost
+#: under ~0.1 s per epoch, and a resumed or thawed trial repeats at most 4 epochs.
+GPU_CHECKPOINT_EVERY = 5
 
 #: The recipe's categorical knobs (``clp_tune.spec.KNOBS`` validates them, ``clp_tune.trial.recipe`` reads them).
 OPTIMIZERS = ("sgd", "adamw")
@@ -131,6 +147,14 @@ TRAJECTORY_OPTIONS: dict[str, Option] = {
     "noise_factor": Option(
         0.5, float, "grace x (1 + noise_factor x (dropout + label_noise))", lambda v: v >= 0, "a number >= 0"
     ),
+    "freeze_thaw": Option(True, bool, "pause (freeze) a trial unlikely to win instead of stopping it; thaw it later"),
+    "hopeless": Option(
+        0.01,
+        float,
+        "stop for good (never thaw) when P(final > k-th best) < hopeless (<= delta)",
+        lambda v: 0 < v < 1,
+        "a number in (0, 1)",
+    ),  # fmt: skip
 }
 
 # --- files of a run directory -------------------------------------------------------------------------------------

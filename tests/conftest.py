@@ -24,6 +24,8 @@ from clp_tune.vocabulary import DECISIONS_FILE, SPEC_FILE, TRAJECTORIES_FILE, TR
 # A token file left in ~/.ray silently switches Ray's token auth on; tests choose explicitly.
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# No test reads or grows the user's bank library unless it names one: searches stay independent of each other.
+os.environ["CLP_TUNE_BANKS"] = "off"
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -139,7 +139,7 @@ def test_running_trials_past_their_grace_fill_in_the_kth_best_at_a_pessimistic_q
     assert decision.action == "stop" and decision.status == "stopped"
     assert decision.threshold == pytest.approx(expected)
     assert decision.p_beat == pytest.approx(Prediction(0.2, 0.02).prob_above(expected))
-    assert decision.reason == f"P(beat k-th best) {decision.p_beat:.3f} < {rule.delta}"
+    assert decision.reason == f"P(beat k-th best) {decision.p_beat:.3f} < hopeless {rule.hopeless}"
 
 
 def test_finals_alone_once_k_have_finished() -> None:

@@ -19,7 +19,7 @@ from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.search import run_search
 from clp_tune.spec import parse_spec
 from clp_tune.stopping.bank_library import SHIPPED_BANK, SUITE
-from clp_tune.stopping.persistence import stopped_outcomes
+from clp_tune.stopping.persistence import compact, stopped_outcomes
 from clp_tune.stopping.predictor import FinalAccuracyPredictor
 from clp_tune.stopping.scheduler import TrajectoryScheduler
 from clp_tune.vocabulary import DECISIONS_FILE, SCHEDULER_JOURNAL_FILE, SCHEDULER_STATE_FILE
@@ -283,7 +283,15 @@ def test_decisions_stay_fast_in_context(fitted_predictor) -> None:
 
 def test_decisions_parquet_is_written(fitted_predictor, tmp_path: Path) -> None:
     scheduler = make_scheduler(fitted_predictor, tmp_path)
-    _search(scheduler, _trials()[:5])
+    _search(scheduler, _trials()[:3])
+    assert not (tmp_path / DECISIONS_FILE).exists()  # journaled: nothing rewritten per trial
+    compact(tmp_path)  # what a search does when it ends
+    (first_part,) = (tmp_path / DECISIONS_FILE).iterdir()
+    first_bytes = first_part.read_bytes()
+    scheduler = make_scheduler(fitted_predictor, tmp_path)  # resumed: appends, never rewrites what is saved
+    _search(scheduler, _trials()[3:5])
+    compact(tmp_path)
+    assert len(list((tmp_path / DECISIONS_FILE).iterdir())) == 2 and first_part.read_bytes() == first_bytes
     decisions = pd.read_parquet(tmp_path / DECISIONS_FILE)
     assert list(decisions.columns) == [
         "trial_id", "epoch", "pred_mean", "pred_std", "threshold", "p_beat", "action", "reason"

@@ -106,10 +106,54 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     cost.add_argument("--bank", help="bank Parquet for the prior (default: every shipped bank, as a search)")
     cost.set_defaults(handler=_lazy(benchmarks, "scheduler_cost"))
 
+    packing = kinds.add_parser(
+        "packing", help="real trials of a spec packed 1, 2, 4, 8 to a device: epoch time, trials/hour, memory",
+        description="For each packing, start that many real trials of SPEC side by side (one process each, as Ray "
+        "runs them) and print the epoch time per trial, trials per hour at the spec's budget, peak device memory "
+        "per trial and the cost of one checkpoint. Synthetic data of the spec's shape when its dataset is not on "
+        "this machine; CPU trials with the cores split between them when there is no CUDA device (both said so).",
+    )  # fmt: skip
+    packing.add_argument("spec", help="a search-space YAML file")
+    packing.add_argument("--per-device", default="1,2,4,8", help="trials per device, comma-separated (default 1,2,4,8)")
+    packing.add_argument("--epochs", type=int, default=2, help="epochs per trial; the first is not timed (default 2)")
+    packing.add_argument("--train-size", type=int, help="training samples per epoch (default: the whole training "
+                         "split; synthetic data: the dataset's size)")  # fmt: skip
+    packing.set_defaults(handler=_lazy("clp_tune.bench.packing", "packing_command"))
+
+    load = kinds.add_parser(
+        "driver-load", help="a large replayed search through real Ray Tune: the driver's peak memory, the run's size",
+        description="Replay a synthetic bank's trials (no training) through real Ray Tune under the trajectory "
+        "scheduler, which persists its state in the run directory as in a search; print the results per second, "
+        "the driver's peak resident memory and the run directory's size. Takes many minutes at the defaults.",
+    )  # fmt: skip
+    load.add_argument("--trials", type=int, default=2000)
+    load.add_argument("--epochs", type=int, default=20)
+    load.add_argument("--workers", type=int, default=8, help="max_concurrent_trials (default 8)")
+    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--dir", help="where the temporary run directory goes (default: the system's temp dir)")
+    load.set_defaults(handler=_lazy("clp_tune.bench.driver_load", "driver_load_command"))
+
 
 def add_bank_parser(commands: argparse._SubParsersAction) -> None:
-    bank = commands.add_parser("bank", help="record a trajectory bank (the predictor's prior)")
+    bank = commands.add_parser(
+        "bank", help="trajectory banks (the predictor's prior): record one, or manage the library of your own",
+        description="Banks are the learning curves the trajectory scheduler's prior is fitted on. `record` trains "
+        "a bank of the shipped suite; `list`, `add` and `remove` manage your own library, which every finished "
+        "search adds its trajectories to (default ~/.cache/clp_tune/banks, or $CLP_TUNE_BANKS, or a spec's "
+        "bank_library key) and which later searches of the same dataset and model fit on.",
+    )  # fmt: skip
     actions = bank.add_subparsers(dest="bank_action", required=True, metavar="ACTION")
+    library = argparse.ArgumentParser(add_help=False)
+    library.add_argument("--library", help="the library directory (default: $CLP_TUNE_BANKS, else "
+                         "~/.cache/clp_tune/banks)")  # fmt: skip
+    listing = actions.add_parser("list", parents=[library], help="the library's banks: dataset, model, trials")
+    listing.set_defaults(handler=_lazy("clp_tune.stopping.user_banks", "list_command"))
+    add = actions.add_parser("add", parents=[library], help="copy a bank Parquet into the library")
+    add.add_argument("path", type=Path, help="a bank with config/dataset, config/model and complete columns")
+    add.set_defaults(handler=_lazy("clp_tune.stopping.user_banks", "add_command"))
+    remove = actions.add_parser("remove", parents=[library], help="delete a bank from the library")
+    remove.add_argument("name", help="the bank's name, as `bank list` shows it")
+    remove.set_defaults(handler=_lazy("clp_tune.stopping.user_banks", "remove_command"))
     record = actions.add_parser("record", help="train sampled mnist1d configurations to the end and store them")
     record.add_argument(
         "--task",

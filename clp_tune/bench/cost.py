@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 import resource
 import statistics as stats
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,9 @@ from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.stopping.factory import build_scheduler
 
 _MB = 1024 * 1024
+#: The scheduler's hooks on the driver that are timed: every result, every trial's end (paused trials are judged
+#: again there), every free slot.
+HOOKS = ("on_trial_result", "on_trial_complete", "choose_trial_to_run")
 #: A call slower than this fitted something (the prior's lazily fitted models, an online refit).
 SLOW_S = 0.5
 
@@ -39,41 +45,55 @@ def scheduler_cost(
     trials: int = 2000, epochs: int = 100, workers: int = 8, seed: int = 0, judged_epochs: int | None = None,
     bank: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Time every ``on_trial_result`` of a simulated search of ``trials`` x ``epochs`` under the trajectory
-    scheduler with its default predictor (its prior on ``bank`` when given); ``judged_epochs`` reports only each
+    """Time every ``on_trial_result``, ``on_trial_complete`` and ``choose_trial_to_run`` of a simulated search of
+    ``trials`` x ``epochs`` under the trajectory scheduler with its default predictor (its prior on ``bank`` when
+    given), its state written to a temporary directory as a search's is; ``judged_epochs`` reports only each
     trial's first epochs (then no trial finishes its budget, so nothing is learned online)."""
     search = synthetic_bank(trials, epochs, seed)
     if judged_epochs is not None:
         search = search[search["epoch"] <= judged_epochs]
     rows = result_rows(search)
     order = [str(t) for t in np.random.default_rng(seed).permutation(list(rows))]
-    scheduler = build_scheduler("trajectory", epochs, trajectory_options={"bank": bank} if bank else None)
-    seconds: list[float] = []
-    rss = {"before": _rss(), "peak": 0}
-    judge = scheduler.on_trial_result
-
-    def timed(controller: Any, trial: Any, result: dict) -> str:
+    with tempfile.TemporaryDirectory() as state_dir:  # the journal and snapshots a search writes, included
+        scheduler = build_scheduler("trajectory", epochs, state_dir=state_dir,
+                                    trajectory_options={"bank": bank} if bank else None)  # fmt: skip
+        timings: dict[str, list[float]] = {hook: [] for hook in HOOKS}
+        rss = {"before": _rss(), "peak": 0}
+        for hook in HOOKS:
+            setattr(scheduler, hook, _timed(getattr(scheduler, hook), timings[hook], rss))
         started = time.perf_counter()
-        decision = judge(controller, trial, result)
-        seconds.append(time.perf_counter() - started)
-        if len(seconds) % 256 == 0:
-            rss["peak"] = max(rss["peak"], _rss())
-        return decision
-
-    scheduler.on_trial_result = timed
-    started = time.perf_counter()
-    run = simulate(scheduler, order, rows, workers)
-    wall = time.perf_counter() - started
-    rss["peak"] = max(rss["peak"], _rss())
+        run = simulate(scheduler, order, rows, workers)
+        wall = time.perf_counter() - started
+        rss["peak"] = max(rss["peak"], _rss())
+        state_mb = sum(f.stat().st_size for f in Path(state_dir).rglob("*") if f.is_file()) / _MB
+    seconds = timings["on_trial_result"]
     return {
         "trials": trials, "epochs": epochs, "workers": workers, "judged_epochs": judged_epochs, "bank": bank,
         "results": len(seconds), "finished": sum(c.epochs >= epochs for c in run),
         "median_ms": 1000 * stats.median(seconds), "p99_ms": 1000 * float(np.percentile(seconds, 99)),
         "max_s": max(seconds), "mean_ms": 1000 * stats.mean(seconds), "wall_s": wall,
         "slow_calls": sum(s > SLOW_S for s in seconds), "slow_s": sum(s for s in seconds if s > SLOW_S),
+        "other_hooks": {hook: {"calls": len(t), "median_ms": 1000 * stats.median(t) if t else 0.0,
+                               "p99_ms": 1000 * float(np.percentile(t, 99)) if t else 0.0,
+                               "total_s": sum(t)} for hook, t in timings.items() if hook != "on_trial_result"},
+        "state_mb": state_mb,
         "rss_before_mb": rss["before"] / _MB, "rss_peak_mb": rss["peak"] / _MB,
         "rss_growth_mb": max(0, rss["peak"] - rss["before"]) / _MB,
     }  # fmt: skip
+
+
+def _timed(hook: Callable[..., Any], seconds: list[float], rss: dict[str, int]) -> Callable[..., Any]:
+    """``hook``, appending each call's wall time to ``seconds`` and sampling the resident memory now and then."""
+
+    def call(*args: Any) -> Any:
+        started = time.perf_counter()
+        out = hook(*args)
+        seconds.append(time.perf_counter() - started)
+        if len(seconds) % 256 == 0:
+            rss["peak"] = max(rss["peak"], _rss())
+        return out
+
+    return call
 
 
 def print_cost(cost: dict[str, Any]) -> None:
@@ -87,5 +107,9 @@ def print_cost(cost: dict[str, Any]) -> None:
     print(f"on_trial_result wall time: median {cost['median_ms']:.2f} ms, 99th percentile {cost['p99_ms']:.2f} ms, "
           f"mean {cost['mean_ms']:.2f} ms, max {cost['max_s']:.1f} s; {cost['slow_calls']} calls over {SLOW_S:g} s "
           f"(fitting the prior's models, refits) took {cost['slow_s']:.0f} s of it")  # fmt: skip
+    for hook, t in cost["other_hooks"].items():
+        print(f"{hook}: {t['calls']} calls, median {t['median_ms']:.2f} ms, 99th percentile {t['p99_ms']:.2f} ms, "
+              f"{t['total_s']:.1f} s in all")  # fmt: skip
+    print(f"scheduler state written (journal, snapshot, decision parts): {cost['state_mb']:.1f} MB")
     print(f"driver resident memory: {cost['rss_before_mb']:.0f} MB before the search, peak {cost['rss_peak_mb']:.0f} "
           f"MB (+{cost['rss_growth_mb']:.0f} MB)")  # fmt: skip

@@ -4,7 +4,10 @@ The benchmark itself runs on :mod:`clp_tune.bench.simulator` (fast, deterministi
 backend exists to check it: with ``max_concurrent_trials=1`` real Tune and the simulator must take the same
 decisions (``tests/test_replay.py``), and ``clp-tune bench schedulers --ray`` runs a whole benchmark this way.
 A replay trainable reports the recorded rows of its trial epoch by epoch (the same rows the simulator sends,
-:func:`~clp_tune.bench.simulator.result_rows`), without sleeping.
+:func:`~clp_tune.bench.simulator.result_rows`), without sleeping, each with a checkpoint holding its position, so
+a trial the scheduler pauses resumes at its next row. The trials are the grid of a
+:class:`~clp_tune.stopping.slots.FrozenSlotsVariantGenerator` limited to one at a time, frozen ones not counted,
+as a search's are.
 """
 
 from __future__ import annotations
@@ -30,10 +33,19 @@ def make_replay_trainable() -> Callable[..., None]:
     """
 
     def replay(config: dict[str, Any], rows: dict[str, list[dict[str, Any]]]) -> None:
+        import tempfile
+
         from ray import tune
 
-        for row in rows[config["trial_id"]]:
-            tune.report(row)
+        checkpoint = tune.get_checkpoint()
+        start = 0
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                start = int(Path(directory, "row").read_text())
+        for index, row in enumerate(rows[config["trial_id"]][start:], start + 1):
+            with tempfile.TemporaryDirectory() as directory:
+                Path(directory, "row").write_text(str(index))
+                tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
 
     return replay
 
@@ -92,12 +104,15 @@ class RayReplay:
         from ray import tune
         from ray.tune.logger import JsonLoggerCallback
 
+        from clp_tune.stopping.slots import FrozenSlotsVariantGenerator
+
         reported: dict[str, int] = {}
         started: list[str] = []
 
         class Recorder(tune.Callback):
             def on_trial_start(self, iteration, trials, trial, **info):
-                started.append(trial.config["trial_id"])
+                if trial.config["trial_id"] not in started:  # a thawed trial starts again
+                    started.append(trial.config["trial_id"])
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 reported[trial.config["trial_id"]] = reported.get(trial.config["trial_id"], 0) + 1
@@ -106,10 +121,12 @@ class RayReplay:
             self._trainable,
             param_space={"trial_id": tune.grid_search(list(order))},
             tune_config=tune.TuneConfig(
-                metric="val_acc", mode="max", scheduler=scheduler, max_concurrent_trials=1, reuse_actors=True,
+                metric="val_acc", mode="max", scheduler=scheduler, reuse_actors=True,
+                search_alg=FrozenSlotsVariantGenerator(max_concurrent=1),
             ),
             run_config=tune.RunConfig(
                 name=run_dir.name, storage_path=str(run_dir.parent), verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[Recorder(), JsonLoggerCallback()],
             ),
         )  # fmt: skip

@@ -13,8 +13,9 @@ ordered by (time, sequence) so that ties resolve the same way every time:
   paused); it reports its next recorded row one time unit later;
 * each result goes to ``on_trial_result``: CONTINUE schedules the next row; STOP ends the trial with
   ``on_trial_complete(last result)``, as ``stop_trial`` does, and frees its slot; PAUSE frees the slot but the
-  trial stays live for the searcher (no new trial is created for it): ``choose_trial_to_run`` resumes it at its
-  next epoch (a trainable that checkpoints every epoch);
+  trial stays live for the searcher unless the scheduler marks it frozen (``search_alg.frozen``, as the product's
+  limit reads it): ``choose_trial_to_run`` resumes it at its next epoch (a trainable that checkpoints every epoch),
+  or the scheduler ends it with ``stop_trial`` (``on_trial_remove``, as Tune calls for a paused trial);
 * a trial whose rows run out ends with ``on_trial_complete`` too: Tune's closing duplicate result carries
   ``done`` and is never shown to ``on_trial_result``.
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,17 +72,38 @@ class SimTrial:
     reported: int = 0  # rows reported so far (the next row's index)
 
 
-class SimController:
-    """What the schedulers read of ``TuneController``: the trials, in the order they were added, and the live ones."""
+@dataclass
+class SimSearch:
+    """What the trajectory scheduler reads of the search's limit (:mod:`clp_tune.stopping.slots`): its slots and
+    the trials it no longer counts (frozen)."""
 
-    def __init__(self) -> None:
+    max_concurrent: int
+    frozen: frozenset[str] = frozenset()
+
+
+class SimController:
+    """What the schedulers read of ``TuneController``: the trials, in the order they were added, and the live ones;
+    the search's limit; setting a trial's status and ending a paused one (``stop_trial``)."""
+
+    def __init__(self, workers: int, end_paused: Callable[[SimTrial], None]) -> None:
         self._trials: list[SimTrial] = []
+        self.by_id: dict[str, SimTrial] = {}
+        self.search_alg = SimSearch(workers)
+        self._end_paused = end_paused
 
     def get_trials(self) -> list[SimTrial]:
         return self._trials
 
     def get_live_trials(self) -> set[SimTrial]:
         return {t for t in self._trials if t.status != "TERMINATED"}
+
+    def _set_trial_status(self, trial: SimTrial, status: str) -> None:
+        trial.status = status
+
+    def stop_trial(self, trial: SimTrial) -> None:
+        if trial.status != "PAUSED":
+            raise NotImplementedError("the simulator ends only paused trials from a hook")
+        self._end_paused(trial)
 
 
 @dataclass(frozen=True)
@@ -117,7 +139,15 @@ def simulate(
         raise ValueError(f"need workers >= 1, got workers={workers}")
     if not scheduler.set_search_properties(metric, mode):
         raise ValueError(f"{type(scheduler).__name__} refused metric={metric!r}, mode={mode!r}")
-    controller = SimController()
+
+    def end_paused(trial: SimTrial) -> None:
+        nonlocal live
+        scheduler.on_trial_remove(controller, trial)
+        trial.status = "TERMINATED"
+        live -= 1
+        completions.append(Completion(trial.trial_id, trial.reported, spent, clock))
+
+    controller = SimController(workers, end_paused)
     to_create = iter(order)
     events: list[tuple[float, int, SimTrial]] = []
     sequence = itertools.count()
@@ -133,9 +163,10 @@ def simulate(
 
     def fill_slots() -> None:
         nonlocal live, running
-        while live < workers and (trial_id := next(to_create, None)) is not None:
+        while live - _frozen_live(controller) < workers and (trial_id := next(to_create, None)) is not None:
             trial = SimTrial(str(trial_id), {"trial_id": str(trial_id)})
             controller.get_trials().append(trial)
+            controller.by_id[trial.trial_id] = trial
             live += 1
             scheduler.on_trial_add(controller, trial)
         while running < workers and (trial := scheduler.choose_trial_to_run(controller)) is not None:
@@ -171,3 +202,8 @@ def simulate(
     if live:
         raise RuntimeError(f"{type(scheduler).__name__} left {live} trial(s) paused with nothing running")
     return completions
+
+
+def _frozen_live(controller: SimController) -> int:
+    """Live trials the search's limit does not count (frozen: paused by the scheduler)."""
+    return sum(controller.by_id[tid].status != "TERMINATED" for tid in controller.search_alg.frozen)

@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from clp_tune.spec import Spec, SpecError, parse_spec
+from clp_tune.stopping.persistence import read_decisions
 from clp_tune.vocabulary import DECISIONS_FILE, SPEC_FILE, TRAJECTORIES_FILE, TRAJECTORY_OPTIONS, TRIALS_FILE
 
 
@@ -133,7 +134,7 @@ def load_run(run_dir: str | Path) -> Run:
     spec_text = spec_path.read_text(encoding="utf-8") if spec_path.is_file() else None
     spec, spec_error = _parse_spec(spec_text)
     decisions_path = directory / DECISIONS_FILE
-    decisions = _read_table(decisions_path) if decisions_path.is_file() else None
+    decisions = _read_table(decisions_path) if decisions_path.exists() else None
     trials = _read_table(directory / TRIALS_FILE)
     trajectories = _read_table(directory / TRAJECTORIES_FILE)
     return Run(directory, spec, spec_text, spec_error, trajectories, trials, decisions)
@@ -153,6 +154,6 @@ def _parse_spec(text: str | None) -> tuple[Spec | None, str | None]:
 
 def _read_table(path: Path) -> pd.DataFrame:
     """A Parquet table with a fresh index (a written pandas index would otherwise come back) and string ids."""
-    frame = pd.read_parquet(path).reset_index(drop=True)
+    frame = (read_decisions(path) if path.name == DECISIONS_FILE else pd.read_parquet(path)).reset_index(drop=True)
     frame["trial_id"] = frame["trial_id"].astype(str)
     return frame

@@ -33,7 +33,8 @@ def render(run: Run, page: Page) -> str:
         )
     budgets = run.budgets()
     finished = run.finished().set_index("trial_id")
-    parts = [_prediction_scatter(decisions, page, budgets, finished), _stop_decisions(run, decisions, page)]
+    parts = [_prediction_scatter(decisions, page, budgets, finished), _freeze_thaw(decisions, finished),
+             _stop_decisions(run, decisions, page)]  # fmt: skip
     rows = []
     for fraction in BACKTEST_FRACTIONS:
         near = decisions_near(decisions, budgets, fraction).join(finished["val_acc"], how="inner")
@@ -52,6 +53,37 @@ def render(run: Run, page: Page) -> str:
         + table(["budget fraction", "finished trials", "median epoch used", "Spearman ρ", "mean abs. error"], rows)
     )
     return page.section("scheduler", title, "".join(parts))
+
+
+def _freeze_thaw(decisions: pd.DataFrame, finished: pd.DataFrame) -> str:
+    """How many trials were paused, thawed (on new evidence, or for a slot that would idle) and then finished."""
+    heading = "<h3>Freeze-thaw</h3>"
+    paused = set(decisions.loc[decisions["action"] == "pause", "trial_id"])
+    if not paused:
+        return heading + note("No trial was paused.")
+    thaws = decisions[decisions["action"] == "thaw"]
+    idle = thaws["reason"].str.startswith("a slot would idle")
+    thawed = set(thaws["trial_id"])
+    last = decisions.groupby("trial_id")["action"].last()
+    frozen_at_end = {tid for tid in paused if last.get(tid) == "pause"}
+    rejudged = decisions["reason"].str.contains(" finished: ", regex=False)  # judged again while paused
+    hopeless = (decisions["action"] == "stop") & rejudged
+    rows = [
+        ["paused at least once", len(paused)],
+        ["thawed on new evidence (a trial finished)", thaws.loc[~idle, "trial_id"].nunique()],
+        ["thawed for a slot that would idle", thaws.loc[idle, "trial_id"].nunique()],
+        ["thawed and then finished their budget", len(thawed & set(finished.index))],
+        ["paused when the run ended (counted as stopped)", len(frozen_at_end)],
+        ["stopped for good while paused (hopeless)", decisions.loc[hopeless, "trial_id"].nunique()],
+    ]
+    return (
+        heading
+        + note(
+            "A trial unlikely to win is paused (its checkpoint kept) rather than stopped, judged again whenever a "
+            "trial finishes, and thawed when its chance is back or a slot would otherwise idle."
+        )
+        + table(["trials", "count"], rows)
+    )
 
 
 def _prediction_scatter(decisions: pd.DataFrame, page: Page, budgets: pd.Series, finished: pd.DataFrame) -> str:

@@ -5,7 +5,11 @@ ASHA and the median rule compare *current* values at fixed times; with crossing 
 label noise or a small learning rate rise late) they stop the late bloomers. This rule instead asks the predictor
 (:mod:`clp_tune.stopping.predictor`) for P(final val_acc > the k-th best final), handing it the other trials of
 the search (:func:`search_context`: a prior fitted on other tasks reads a trial's standing among them), and stops
-a trial once that falls below ``delta``. The k-th best is taken over the finals of finished trials; while fewer
+a trial once that falls below ``delta``: with ``freeze_thaw`` it is *paused* (frozen, resumable from its checkpoint)
+rather than stopped, unless the chance is below ``hopeless``. A paused trial is judged again on new evidence
+(:meth:`TrajectoryPolicy.rejudge`, whenever a trial finishes): thawed when its chance is back to ``delta``,
+stopped for good when it fell below ``hopeless``, else left frozen (the scheduler also thaws the likeliest one
+when a slot would idle). The k-th best is taken over the finals of finished trials; while fewer
 than k have finished, the predicted finals of running trials past their grace point fill in (at a pessimistic
 quantile), and with fewer than k values nothing stops.
 A trial is never judged before its grace point:
@@ -40,6 +44,8 @@ from clp_tune.vocabulary import DETECTOR_INPUT, DETECTORS, TRAJECTORY_OPTIONS
 DIVERGENCE_LOSS_FACTOR = 3.0
 #: The statuses a decision to stop leaves a trial in (a trial that then fails turns "error", as Ray reports it).
 STOP_OUTCOMES = ("stopped", "diverged")
+#: The status of a frozen trial: it reports no epochs until thawed; the run's tables count it as stopped.
+PAUSED = "paused"
 #: The statuses of a trial that reports no more epochs (unless Ray retries an errored one).
 ENDED = ("stopped", "diverged", "error", "removed")
 #: Quantile at which a running trial's predicted final stands in for a missing final: a prior that flatters the
@@ -63,9 +69,9 @@ class Decision:
     Args:
         trial_id: the trial decided on.
         epoch: the epoch of the result decided on.
-        action: "continue" or "stop".
+        action: "continue", "stop", "pause" (freeze) or "thaw".
         reason: why, in words (the report shows it).
-        status: the trial's status after the decision: "running", or one of :data:`STOP_OUTCOMES`.
+        status: the trial's status after the decision: "running", :data:`PAUSED`, or one of :data:`STOP_OUTCOMES`.
         prediction: the predicted final; None where the rule decided before asking the predictor.
         grace: the trial's grace point; None where the rule decided before computing it.
         threshold: the k-th best final the trial was judged against (NaN: not judged).
@@ -99,22 +105,27 @@ class TrialState:
         config: its scalar hyperparameters.
         history: column -> value per recorded epoch (None: not reported, or not finite).
         epochs: the recorded epochs, in order.
-        status: running, finished, stopped, diverged, error or removed.
+        status: running, paused, finished, stopped, diverged, error or removed.
         final: its final val_acc, once it finished its budget.
         grace: its latest grace point.
         pred_mean: the mean of its latest prediction.
         pred_std: the spread of its latest prediction.
+        p_beat: its latest P(final > k-th best) (what thawing orders the paused trials by).
+        thawed_at: the epoch it was last thawed at: a trial that checkpoints every few epochs re-runs the epochs
+            since its checkpoint, and those are not judged again (they would freeze it where it was).
     """
 
     budget: int
     config: dict[str, Any]
     history: dict[str, list[float | None]] = field(default_factory=dict)
     epochs: list[int] = field(default_factory=list)
-    status: str = "running"  # running | finished | stopped | diverged | error | removed
+    status: str = "running"  # running | paused | finished | stopped | diverged | error | removed
     final: float | None = None
     grace: int | None = None
     pred_mean: float | None = None
     pred_std: float | None = None
+    p_beat: float | None = None
+    thawed_at: int | None = None
 
     def record(self, epoch: int, row: Mapping[str, float | None]) -> None:
         """Store the row of ``epoch``; a re-reported epoch (a resumed trial) replaces the old one."""
@@ -141,6 +152,10 @@ class TrialState:
     def apply(self, decision: Decision) -> None:
         """Keep what ``decision`` found out: the trial's new status, its prediction and its grace point."""
         self.status = decision.status
+        if decision.action == "thaw":
+            self.thawed_at = decision.epoch
+        if not math.isnan(decision.p_beat):
+            self.p_beat = decision.p_beat
         if decision.prediction is not None:
             self.pred_mean, self.pred_std = decision.prediction.mean, decision.prediction.std
         if decision.grace is not None:
@@ -181,6 +196,8 @@ class TrajectoryPolicy:
             trial's own history; without its input column, ``min_fraction`` alone applies.
         noise_grace: lengthen the grace by ``1 + noise_factor * (dropout + label_noise)``, to the nearest epoch.
         noise_factor: see ``noise_grace``.
+        freeze_thaw: pause a trial with hopeless <= P < delta instead of stopping it (module docstring).
+        hopeless: below this chance a trial is stopped for good, paused or not (at most ``delta``).
     """
 
     def __init__(
@@ -192,6 +209,8 @@ class TrajectoryPolicy:
         detector: str = _default("detector"),
         noise_grace: bool = _default("noise_grace"),
         noise_factor: float = _default("noise_factor"),
+        freeze_thaw: bool = _default("freeze_thaw"),
+        hopeless: float = _default("hopeless"),
     ):
         if not k > 0:
             raise ValueError(f"need k > 0, got k={k}")
@@ -205,6 +224,8 @@ class TrajectoryPolicy:
             raise ValueError(f"need detector in {DETECTORS}, got detector={detector!r}")
         if not noise_factor >= 0:
             raise ValueError(f"need noise_factor >= 0, got noise_factor={noise_factor}")
+        if not 0 < hopeless <= delta:
+            raise ValueError(f"need 0 < hopeless <= delta={delta}, got hopeless={hopeless}")
         self.k = k
         self.delta = delta
         self.min_fraction = min_fraction
@@ -212,6 +233,8 @@ class TrajectoryPolicy:
         self.detector = detector
         self.noise_grace = noise_grace
         self.noise_factor = noise_factor
+        self.freeze_thaw = freeze_thaw
+        self.hopeless = hopeless
 
     def decide(
         self, trial_id: str, trials: Mapping[str, TrialState], result: Mapping[str, Any], predictor: Predictor
@@ -231,6 +254,9 @@ class TrajectoryPolicy:
         prediction = ask(predictor, state.series(), state.config, state.budget, search_context(trial_id, trials))
         if state.epochs[-1] >= state.budget:
             return Decision(**ruling, action="continue", reason="budget reached", prediction=prediction)
+        if state.thawed_at is not None and state.epochs[-1] <= state.thawed_at:
+            return Decision(**ruling, action="continue", reason=f"re-run after its thaw at epoch {state.thawed_at}",
+                            prediction=prediction)  # fmt: skip
         grace = self.grace(state, result)
         if state.epochs[-1] < grace:
             return Decision(**ruling, action="continue", reason=f"grace until epoch {grace}", prediction=prediction,
@@ -241,10 +267,30 @@ class TrajectoryPolicy:
                             prediction=prediction, grace=grace)  # fmt: skip
         p_beat = prediction.prob_above(threshold)
         judged = {**ruling, "prediction": prediction, "grace": grace, "threshold": threshold, "p_beat": p_beat}
-        if p_beat < self.delta:
-            return Decision(**judged, action="stop", reason=f"P(beat k-th best) {p_beat:.3f} < {self.delta}",
-                            status="stopped")  # fmt: skip
-        return Decision(**judged, action="continue", reason=f"P(beat k-th best) {p_beat:.3f} >= {self.delta}")
+        chance = f"P(beat k-th best) {p_beat:.3f}"
+        if p_beat >= self.delta:
+            return Decision(**judged, action="continue", reason=f"{chance} >= {self.delta}")
+        if self.freeze_thaw and p_beat >= self.hopeless:
+            return Decision(**judged, action="pause", reason=f"{chance} < {self.delta}: paused", status=PAUSED)
+        hopeless = f" < hopeless {self.hopeless}" if self.freeze_thaw else f" < {self.delta}"
+        return Decision(**judged, action="stop", reason=chance + hopeless, status="stopped")
+
+    def rejudge(self, trial_id: str, trials: Mapping[str, TrialState], predictor: Predictor, why: str) -> Decision:
+        """A paused trial judged again on new evidence (``why``: what changed): "thaw" when P(beat the k-th best)
+        is back to ``delta``, "stop" (for good) below ``hopeless``, else "pause" (stays frozen, its chance
+        updated). Like :meth:`decide`, it changes no state."""
+        state = trials[trial_id]
+        prediction = ask(predictor, state.series(), state.config, state.budget, search_context(trial_id, trials))
+        threshold = self.threshold(trials, exclude=trial_id)
+        p_beat = 1.0 if threshold is None else prediction.prob_above(threshold)
+        judged = {"trial_id": trial_id, "epoch": state.epochs[-1], "prediction": prediction,
+                  "threshold": math.nan if threshold is None else threshold, "p_beat": p_beat}  # fmt: skip
+        chance = f"{why}: P(beat k-th best) {p_beat:.3f}"
+        if p_beat >= self.delta:
+            return Decision(**judged, action="thaw", reason=f"{chance} >= {self.delta}")
+        if p_beat < self.hopeless:
+            return Decision(**judged, action="stop", reason=f"{chance} < hopeless {self.hopeless}", status="stopped")
+        return Decision(**judged, action="pause", reason=f"{chance} < {self.delta}: stays paused", status=PAUSED)
 
     @staticmethod
     def divergence(state: TrialState, result: Mapping[str, Any]) -> str | None:

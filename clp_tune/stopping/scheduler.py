@@ -6,6 +6,15 @@ The rule lives in :mod:`clp_tune.stopping.policy` (pure, tested without Ray), th
 trial's state, asks the policy, keeps the decision, builds the default predictor (its prior fitted on a given
 bank, else on every shipped bank), and keeps the pickle Ray saves small (the predictor is rebuilt, the state
 reloaded from the run directory).
+
+Freeze-thaw, in Ray's terms: a trial the policy pauses gets ``PAUSE`` (Tune saves its latest checkpoint and
+frees its slot; the searcher's limit, :mod:`clp_tune.stopping.slots`, stops counting it). Whenever a trial
+finishes, every paused trial is judged again (:meth:`~clp_tune.stopping.policy.TrajectoryPolicy.rejudge`): one
+whose chance is back to ``delta`` is queued to thaw, a hopeless one is ended with ``stop_trial``.
+``choose_trial_to_run`` (the only way a paused trial runs again) gives a free slot to the queued thaws first
+(likeliest first), then to new trials, and, when no new trial is waiting and a slot would idle, to the likeliest
+paused trial, which then runs one more epoch before it is judged again. A restored search gets its paused trials
+back as PENDING; they are set to PAUSED again before anything runs.
 """
 
 from __future__ import annotations
@@ -17,12 +26,14 @@ import pandas as pd
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from clp_tune.stopping.bank_library import SUITE
+from clp_tune.stopping.bank_library import SUITE, load_bank
 from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.features import History, Trajectory, planned_epochs
 from clp_tune.stopping.persistence import SchedulerState, StateStore
-from clp_tune.stopping.policy import TrajectoryPolicy, TrialState
+from clp_tune.stopping.policy import PAUSED, Decision, TrajectoryPolicy, TrialState
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor, ask
+from clp_tune.stopping.prior import pooled
+from clp_tune.stopping.user_banks import load_user_banks
 from clp_tune.vocabulary import TRAJECTORY_OPTIONS
 
 if TYPE_CHECKING:
@@ -31,6 +42,15 @@ if TYPE_CHECKING:
 
 def _scalar_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool)) or v is None}
+
+
+def _slots(tune_controller: TuneController | None) -> Any:
+    """The search's limit that leaves frozen trials out (:mod:`clp_tune.stopping.slots`), if it has one."""
+    search = getattr(tune_controller, "search_alg", None)
+    for candidate in (search, getattr(search, "searcher", None)):
+        if hasattr(candidate, "frozen"):
+            return candidate
+    return None
 
 
 class _OnDemandPredictor:
@@ -66,8 +86,8 @@ class TrajectoryScheduler(FIFOScheduler):
         mode: must be ``max``; may be set by ``TuneConfig``.
         budget: planned epochs per trial (a trial's ``epochs`` config key overrides it).
         k: see :class:`~clp_tune.stopping.policy.TrajectoryPolicy`, as are ``delta``, ``min_fraction``,
-            ``max_fraction``, ``detector``, ``noise_grace`` and ``noise_factor``; read back as the scheduler's own
-            attributes (``scheduler.k``).
+            ``max_fraction``, ``detector``, ``noise_grace``, ``noise_factor``, ``freeze_thaw`` and ``hopeless``;
+            read back as the scheduler's own attributes (``scheduler.k``).
         state_dir: run directory for ``scheduler_state.json``, its journal and ``decisions.parquet``;
             None keeps everything in memory. State found there is loaded (a resumed search).
         predictor: a :class:`~clp_tune.stopping.predictor.Predictor`; default: a ``FinalAccuracyPredictor`` fitted
@@ -75,7 +95,9 @@ class TrajectoryScheduler(FIFOScheduler):
         bank: bank Parquet for the default predictor's prior; default: every shipped suite bank
             (``clp_tune.stopping.bank_library.SUITE``), for any dataset: the prior reads each trial's standing in
             its own search, which transfers between tasks.
-        snapshot_every: also snapshot after this many results (bounds the journal's length).
+        user_banks: banks of the user's library (:mod:`clp_tune.stopping.user_banks`) of this search's dataset
+            and model, fitted on together with the shipped banks when no ``bank`` is given.
+        snapshot_every: the least number of journaled events before they are folded into a snapshot.
     """
 
     def __init__(
@@ -90,19 +112,25 @@ class TrajectoryScheduler(FIFOScheduler):
         detector: str = TRAJECTORY_OPTIONS["detector"].default,
         noise_grace: bool = TRAJECTORY_OPTIONS["noise_grace"].default,
         noise_factor: float = TRAJECTORY_OPTIONS["noise_factor"].default,
+        freeze_thaw: bool = TRAJECTORY_OPTIONS["freeze_thaw"].default,
+        hopeless: float = TRAJECTORY_OPTIONS["hopeless"].default,
         state_dir: str | None = None,
         predictor: Predictor | None = None,
         bank: str | None = None,
+        user_banks: Sequence[str] = (),
         snapshot_every: int = 500,
     ):
         if not budget > 0:
             raise ValueError(f"need budget > 0, got budget={budget}")
-        self.policy = TrajectoryPolicy(k, delta, min_fraction, max_fraction, detector, noise_grace, noise_factor)
+        self.policy = TrajectoryPolicy(
+            k, delta, min_fraction, max_fraction, detector, noise_grace, noise_factor, freeze_thaw, hopeless
+        )
         super().__init__()
         self._metric = metric
         self._mode = mode
         self.budget = budget
         self.bank = bank
+        self.user_banks = tuple(user_banks)
         self._predictor = predictor
         self._owns_predictor = predictor is None
         self._predictor_seen = 0  # finished trials already fed to the predictor
@@ -156,40 +184,105 @@ class TrajectoryScheduler(FIFOScheduler):
             state = self._state.trials[trial.trial_id]
         if state.status == "error":  # Ray retries failed trials (FailureConfig, Tuner.restore(restart_errored))
             state.status = "running"
+        if state.status == PAUSED:  # frozen before an interruption and run again by Ray: frozen it stays
+            return TrialScheduler.PAUSE
         if state.status != "running":  # stopped by us before an interruption: stays stopped after a restore
             return TrialScheduler.STOP
         state.observe(result, self.budget)
         decision = self.policy.decide(trial.trial_id, self._state.trials, result, _OnDemandPredictor(self))
-        state.apply(decision)
-        row = decision.row()
-        self._state.decisions.append(row)
-        self._store.journal(self._state, trial.trial_id, row)  # a stop is in the journal too; completion snapshots
+        self._keep(decision)  # in the journal, as is the trial's end
+        if decision.action == "pause":
+            self._freeze_slots(tune_controller)  # at once: the next step's searcher may use the slot
+            return TrialScheduler.PAUSE
         return TrialScheduler.STOP if decision.action == "stop" else TrialScheduler.CONTINUE
+
+    def choose_trial_to_run(self, tune_controller: TuneController) -> Trial | None:
+        """Queued thaws first, then new trials, then (a slot would idle) the likeliest paused trial (module
+        docstring). Idempotent: a second call without a change in between returns the same trial."""
+        pending, thaws, frozen, running = None, [], [], 0
+        for trial in tune_controller.get_trials():
+            state = self._state.trials.get(trial.trial_id)
+            if trial.status == Trial.PENDING and state is not None and state.status == PAUSED:
+                tune_controller._set_trial_status(trial, Trial.PAUSED)  # restored searches bring them back PENDING
+            if trial.status == Trial.PENDING:
+                pending = pending or trial
+            elif trial.status == Trial.RUNNING:
+                running += 1
+            elif trial.status == Trial.PAUSED and state is not None:
+                (thaws if state.status == "running" else frozen).append(trial)
+        self._freeze_slots(tune_controller)
+        if thaws:
+            return max(thaws, key=self._chance)
+        if pending is not None:
+            return pending
+        limit = getattr(_slots(tune_controller), "max_concurrent", 0) or None
+        if not frozen or (limit is not None and running >= limit):
+            return None
+        chosen = max(frozen, key=self._chance)
+        state = self._state.trials[chosen.trial_id]
+        self._keep(Decision(chosen.trial_id, state.epochs[-1], "thaw", "a slot would idle: the likeliest paused "
+                            "trial runs one more epoch", p_beat=self._chance(chosen)))  # fmt: skip
+        self._freeze_slots(tune_controller)
+        return chosen
 
     def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict) -> None:
         state = self._state.trials.get(trial.trial_id)
         if state is None or state.status != "running":
-            self._store.snapshot(self._state)
             return
         epochs = state.epochs[-1] if state.epochs else 0
         finals = state.history.get("val_acc", [])
         if epochs >= state.budget and finals and finals[-1] is not None:
             state.status, state.final = "finished", float(finals[-1])
             self._state.finished_order.append(trial.trial_id)
+            self._store.journal(self._state, trial.trial_id, None)
+            self._rejudge_paused(tune_controller, f"trial {trial.trial_id} finished")
         else:
             state.status = "stopped"  # ended early by something else (a stopper, the user)
-        self._store.snapshot(self._state)
+            self._store.journal(self._state, trial.trial_id, None)
 
     def on_trial_error(self, tune_controller: TuneController, trial: Trial) -> None:
         if trial.trial_id in self._state.trials:
             self._state.trials[trial.trial_id].status = "error"
-        self._store.snapshot(self._state)
+            self._store.journal(self._state, trial.trial_id, None)
 
     def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
         state = self._state.trials.get(trial.trial_id)
         if state is not None and state.status == "running":
             state.status = "removed"
-        self._store.snapshot(self._state)
+            self._store.journal(self._state, trial.trial_id, None)
+
+    def _keep(self, decision: Decision) -> None:
+        """Apply a decision to its trial's state and record it (decisions table, journal)."""
+        self._state.trials[decision.trial_id].apply(decision)
+        row = decision.row()
+        self._state.decisions.append(row)
+        self._store.journal(self._state, decision.trial_id, row)
+
+    def _chance(self, trial: Trial) -> float:
+        p_beat = self._state.trials[trial.trial_id].p_beat
+        return -1.0 if p_beat is None else p_beat
+
+    def _freeze_slots(self, tune_controller: TuneController | None) -> None:
+        """Tell the search's limit which trials are frozen, so their slots go to new trials."""
+        slots = _slots(tune_controller)
+        if slots is not None:
+            slots.frozen = frozenset(tid for tid, s in self._state.trials.items() if s.status == PAUSED)
+
+    def _rejudge_paused(self, tune_controller: TuneController | None, why: str) -> None:
+        """Judge every paused trial again (a trial finished): queue the likely ones to thaw, end the hopeless."""
+        paused = [tid for tid, s in self._state.trials.items() if s.status == PAUSED]
+        if not paused:
+            return
+        by_id = {t.trial_id: t for t in tune_controller.get_trials()} if tune_controller is not None else {}
+        for trial_id in paused:
+            decision = self.policy.rejudge(trial_id, self._state.trials, _OnDemandPredictor(self), why)
+            if decision.action == "pause":  # no change but its chance: not a row of the decisions table
+                self._state.trials[trial_id].apply(decision)
+                continue
+            self._keep(decision)
+            if decision.action == "stop" and trial_id in by_id:
+                tune_controller.stop_trial(by_id[trial_id])
+        self._freeze_slots(tune_controller)
 
     def debug_string(self) -> str:
         counts: dict[str, int] = {}
@@ -211,9 +304,10 @@ class TrajectoryScheduler(FIFOScheduler):
         """The predictor, built on first use and brought up to date with the trials finished so far."""
         if self._predictor is None:
             if self.bank:
-                self._predictor = FinalAccuracyPredictor(pd.read_parquet(self.bank))
+                self._predictor = FinalAccuracyPredictor(load_bank(self.bank))
             else:
-                self._predictor = FinalAccuracyPredictor(tasks=tuple(SUITE))
+                own = load_user_banks(self.user_banks)
+                self._predictor = FinalAccuracyPredictor(pooled(own) if own else None, tasks=tuple(SUITE))
             self._predictor_seen = 0
         for trial_id in self._state.finished_order[self._predictor_seen :]:
             state = self._state.trials[trial_id]

@@ -1,0 +1,192 @@
+"""The user's own bank library: priors that grow with use.
+
+Every finished search adds its trajectories (complete and partial, marked by the ``complete`` column) to a local
+library, one Parquet file per run, keyed by the dataset and model it trained (``config/dataset``,
+``config/model``). A later search on the same dataset and model fits its prior on those banks on top of the
+shipped suite (``TrajectoryScheduler(user_banks=...)``): a user's tenth search on a dataset no longer starts from
+other tasks' curves alone. The predictor reads only complete trials; partial ones are kept for a later use.
+
+The library is ``~/.cache/clp_tune/banks/``, or ``$CLP_TUNE_BANKS``, or a spec's ``bank_library:`` key (``off``
+turns it off). A file that cannot be read, or that is not a bank, is skipped with a warning: a library is a
+cache, and a damaged entry must never stop a search.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from clp_tune.stopping.bank_library import load_bank
+
+logger = logging.getLogger(__name__)
+
+LIBRARY_ENV = "CLP_TUNE_BANKS"
+DEFAULT_LIBRARY = Path("~/.cache/clp_tune/banks")
+#: The spec's ``bank_library:`` value that turns the library off.
+OFF = "off"
+
+
+def library_dir(override: str | None = None) -> Path | None:
+    """The library's directory: ``override`` (a spec's key), else ``$CLP_TUNE_BANKS``, else the default; None
+    when it is turned off."""
+    chosen = override or os.environ.get(LIBRARY_ENV) or str(DEFAULT_LIBRARY)
+    return None if chosen == OFF else Path(chosen).expanduser()
+
+
+@dataclass(frozen=True)
+class UserBank:
+    """One bank of the library: its file, what it trained, and how many trials it holds (complete ones apart)."""
+
+    name: str
+    path: Path
+    dataset: str
+    model: str
+    trials: int
+    complete: int
+
+
+def _read(path: Path) -> UserBank | None:
+    """The bank at ``path``, or None (with a warning) when it is not a readable bank with a dataset and model."""
+    try:
+        frame = load_bank(path)
+        missing = [c for c in ("config/dataset", "config/model", "complete") if c not in frame]
+        if missing:
+            raise ValueError(f"not a library bank: no {', '.join(missing)} column")
+    except Exception as error:  # a cache entry: any damage means skip it
+        logger.warning("bank library: skipping %s (%s)", path, " ".join(str(error).split()))
+        return None
+    trials = frame.groupby("trial_id")["complete"].last()
+    return UserBank(path.stem, path, str(frame["config/dataset"].iloc[0]), str(frame["config/model"].iloc[0]),
+                    len(trials), int(trials.sum()))  # fmt: skip
+
+
+def list_banks(directory: Path | None) -> list[UserBank]:
+    """Every readable bank of the library, by name; unreadable files are skipped with a warning."""
+    if directory is None or not directory.is_dir():
+        return []
+    return [bank for path in sorted(directory.glob("*.parquet")) if (bank := _read(path)) is not None]
+
+
+def matching(directory: Path | None, dataset: str, model: str) -> list[Path]:
+    """The library banks of ``dataset`` and ``model`` that hold complete trials."""
+    return [b.path for b in list_banks(directory) if (b.dataset, b.model) == (dataset, model) and b.complete]
+
+
+def bank_rows(trajectories: pd.DataFrame, dataset: str, model: str, budget: int) -> pd.DataFrame:
+    """A run's trajectory rows as a library bank: its dataset and model, and each trial marked complete or not."""
+    last = trajectories.groupby("trial_id")["epoch"].transform("max")
+    diverged = trajectories.get("diverged", pd.Series(0, index=trajectories.index)).fillna(0)
+    ended_diverged = diverged.groupby(trajectories["trial_id"]).transform("last") == 1
+    return trajectories.assign(**{"config/dataset": dataset, "config/model": model,
+                                  "complete": (last >= budget) & ~ended_diverged})  # fmt: skip
+
+
+def add_run(directory: Path | None, name: str, trajectories: pd.DataFrame, dataset: str, model: str, budget: int):
+    """Add (or, for a resumed run, replace) run ``name``'s trajectories; a failure is a warning, never fatal."""
+    if directory is None or trajectories.empty:
+        return None
+    from clp_tune.store import write_table
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{name}.parquet"
+        write_table(bank_rows(trajectories, dataset, model, budget), path)
+        return path
+    except OSError as error:
+        logger.warning("bank library: could not add run %s to %s (%s)", name, directory, error)
+        return None
+
+
+def add_file(directory: Path, source: Path) -> UserBank:
+    """Copy a bank Parquet into the library; ValueError when it is not a library bank (see :func:`bank_rows`)."""
+    bank = _read(source)
+    if bank is None:
+        raise ValueError(f"{source}: not a bank with config/dataset, config/model and complete columns")
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / source.name
+    shutil.copyfile(source, target)
+    return UserBank(bank.name, target, bank.dataset, bank.model, bank.trials, bank.complete)
+
+
+def remove(directory: Path, name: str) -> Path:
+    """Delete bank ``name`` (a file stem) from the library; KeyError when there is none."""
+    path = directory / f"{name}.parquet"
+    if not path.is_file():
+        raise KeyError(name)
+    path.unlink()
+    return path
+
+
+def load_user_banks(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The banks at ``paths`` by name (``user:<stem>``), each unreadable one skipped with a warning."""
+    out = {}
+    for path in map(Path, paths):
+        try:
+            frame = load_bank(path)
+            out[f"user:{path.stem}"] = frame[frame["complete"].astype(bool)]
+        except Exception as error:  # the library changed under a running search: go on without that bank
+            logger.warning("bank library: skipping %s (%s)", path, " ".join(str(error).split()))
+    return out
+
+
+# -- `clp-tune bank list | add | remove` ------------------------------------------------------------------------
+
+
+_OFF = f"the bank library is off (${LIBRARY_ENV}={OFF}); give --library DIR"
+
+
+def _directory(args) -> Path | None:
+    return library_dir(args.library)
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def list_command(args) -> int:
+    directory = _directory(args)
+    if directory is None:
+        print(f"the bank library is off (${LIBRARY_ENV}={OFF})")
+        return 0
+    banks = list_banks(directory)
+    print(f"bank library {directory}: {len(banks)} bank(s)")
+    for bank in banks:
+        print(f"  {bank.name:<40} {bank.dataset:<14} {bank.model:<10} {bank.trials:>5} trials, "
+              f"{bank.complete} complete")  # fmt: skip
+    return 0
+
+
+def add_command(args) -> int:
+    directory = _directory(args)
+    if directory is None:
+        return _error(_OFF)
+    if not args.path.is_file():
+        return _error(f"{args.path}: no such file")
+    try:
+        bank = add_file(directory, args.path)
+    except ValueError as error:
+        return _error(str(error))
+    print(f"added {bank.name} ({bank.dataset}, {bank.model}: {bank.trials} trials, {bank.complete} complete) to "
+          f"{directory}")  # fmt: skip
+    return 0
+
+
+def remove_command(args) -> int:
+    directory = _directory(args)
+    if directory is None:
+        return _error(_OFF)
+    try:
+        path = remove(directory, args.name)
+    except KeyError:
+        known = ", ".join(b.name for b in list_banks(directory)) or "none"
+        return _error(f"no bank {args.name!r} in {directory} (banks: {known})")
+    print(f"removed {path}")
+    return 0

@@ -1,0 +1,185 @@
+"""Freeze-thaw: the trajectory scheduler pauses a trial that is unlikely to win, thaws it when new evidence raises
+its chance, and keeps that state across a restore. The predictor is scripted (its predictions are the test's
+input; what is tested is the scheduler's bookkeeping); the Ray test runs a real Tune search of a tiny trainable
+that checkpoints every epoch."""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from ray.tune.schedulers import TrialScheduler
+
+from clp_tune.bench.simulator import SimController, SimTrial
+from clp_tune.stopping.persistence import compact, read_decisions, stopped_outcomes
+from clp_tune.stopping.predictor import Prediction
+from clp_tune.stopping.scheduler import TrajectoryScheduler
+from clp_tune.vocabulary import DECISIONS_FILE
+
+BUDGET = 6
+#: val_acc per epoch: "a" sets the bar (final 0.6); "b" looks poor early; "c" finishes below the bar.
+CURVES = {
+    "a": [0.3, 0.45, 0.52, 0.56, 0.58, 0.60],
+    "b": [0.2, 0.30, 0.40, 0.50, 0.60, 0.70],
+    "c": [0.3, 0.40, 0.45, 0.50, 0.52, 0.54],
+}
+
+
+class ScriptedPredictor:
+    """Predicted finals by trial name. P(b beats a's 0.6) is 0.02 with the first spread (paused, not hopeless);
+    once two trials have finished (c fell short of the bar) the spread widens and it is 0.30 (thawed)."""
+
+    means = {"a": 0.6, "b": 0.4975, "c": 0.55}
+
+    def __init__(self) -> None:
+        self.finished = 0
+
+    def predict(self, history, config, budget) -> Prediction:
+        return Prediction(self.means[config["name"]], 0.05 if self.finished < 2 else 0.2)
+
+    def observe_finished(self, rows) -> None:
+        self.finished += len(rows)
+
+
+def scheduler(state_dir: Path) -> TrajectoryScheduler:
+    made = TrajectoryScheduler(
+        budget=BUDGET, k=1, delta=0.05, hopeless=0.01, min_fraction=0.3, max_fraction=0.3, noise_grace=False,
+        state_dir=str(state_dir), predictor=ScriptedPredictor(),
+    )  # fmt: skip
+    made.set_search_properties("val_acc", "max")
+    return made
+
+
+def report(scheduler: TrajectoryScheduler, controller: SimController, trial: SimTrial, epoch: int) -> str:
+    trial.status = "RUNNING"
+    result = {"epoch": epoch, "val_acc": CURVES[trial.config["name"]][epoch - 1], "config/name": trial.config["name"]}
+    decision = scheduler.on_trial_result(controller, trial, result)
+    if decision == TrialScheduler.PAUSE:
+        trial.status = "PAUSED"
+    elif epoch == BUDGET:
+        scheduler.on_trial_complete(controller, trial, result)
+        trial.status = "TERMINATED"
+    return decision
+
+
+def add(scheduler: TrajectoryScheduler, controller: SimController, name: str) -> SimTrial:
+    trial = SimTrial(name, {"name": name})
+    controller.get_trials().append(trial)
+    scheduler.on_trial_add(controller, trial)
+    return trial
+
+
+def test_pause_and_thaw_state_survive_a_restore(tmp_path: Path) -> None:
+    first = scheduler(tmp_path)
+    pickled = pickle.dumps(first)  # Ray pickles the scheduler when the search starts and restores that copy
+    controller = SimController(1, end_paused=lambda trial: None)
+    a, b = add(first, controller, "a"), add(first, controller, "b")
+    assert [report(first, controller, a, e) for e in range(1, BUDGET + 1)] == [TrialScheduler.CONTINUE] * BUDGET
+    assert report(first, controller, b, 1) == TrialScheduler.CONTINUE  # before its grace point
+    assert report(first, controller, b, 2) == TrialScheduler.PAUSE
+    assert controller.search_alg.frozen == {"b"}  # its slot is free for a new trial
+
+    restored = pickle.loads(pickled)
+    state = restored._state.trials["b"]
+    assert state.status == "paused" and state.epochs == [1, 2] and abs(state.p_beat - 0.0202) < 1e-3
+    assert stopped_outcomes(tmp_path) == {"b": "stopped"}  # paused, not thawed: the tables count it as stopped
+
+    controller = SimController(1, end_paused=lambda trial: None)  # the restored search: b comes back PENDING
+    a.status, b.status = "TERMINATED", "PENDING"
+    controller.get_trials().extend([a, b])
+    c = add(restored, controller, "c")
+    assert restored.choose_trial_to_run(controller) is c  # the new trial, not the frozen one
+    assert b.status == "PAUSED" and controller.search_alg.frozen == {"b"}
+    for epoch in range(1, BUDGET + 1):
+        assert report(restored, controller, c, epoch) == TrialScheduler.CONTINUE
+    assert restored._state.trials["b"].status == "running"  # c fell short of its bar: b's chance rose; queued
+    assert restored.choose_trial_to_run(controller) is b
+    assert restored.choose_trial_to_run(controller) is b  # idempotent
+    assert controller.search_alg.frozen == frozenset()
+    actions = read_decisions_now(restored)
+    assert actions.loc[actions["trial_id"] == "b", "action"].tolist() == ["continue", "pause", "thaw"]
+    assert stopped_outcomes(tmp_path) == {}
+
+
+def read_decisions_now(scheduler: TrajectoryScheduler) -> pd.DataFrame:
+    scheduler._store.snapshot(scheduler._state)
+    return read_decisions(Path(scheduler._store.state_dir) / DECISIONS_FILE)
+
+
+def test_an_idle_slot_thaws_the_likeliest_paused_trial_one_epoch_at_a_time(tmp_path: Path) -> None:
+    sched = scheduler(tmp_path)
+    controller = SimController(1, end_paused=lambda trial: None)
+    a = add(sched, controller, "a")
+    for epoch in range(1, BUDGET + 1):
+        report(sched, controller, a, epoch)
+    b = add(sched, controller, "b")
+    report(sched, controller, b, 1)
+    assert report(sched, controller, b, 2) == TrialScheduler.PAUSE
+    assert sched.choose_trial_to_run(controller) is b  # nothing new waits, a slot would idle
+    assert report(sched, controller, b, 3) == TrialScheduler.PAUSE  # still unlikely: frozen again after one epoch
+    reasons = sched.decisions_frame().query("trial_id == 'b'")["reason"].tolist()
+    assert reasons[2].startswith("a slot would idle")
+
+
+def test_a_real_search_thaws_a_paused_trial_from_its_checkpoint(ray_local, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # a checkpoint per epoch
+    from ray import tune
+
+    from clp_tune.stopping.slots import FrozenSlotsVariantGenerator
+
+    def trainable(config: dict) -> None:
+        checkpoint = tune.get_checkpoint()
+        start = 0
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                start = int(Path(directory, "epoch").read_text())
+        for epoch in range(start + 1, BUDGET + 1):
+            with tempfile.TemporaryDirectory() as directory:
+                Path(directory, "epoch").write_text(str(epoch))
+                metrics = {"epoch": epoch, "val_acc": CURVES[config["name"]][epoch - 1], "resumed_from": start}
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    state_dir = tmp_path / "state"
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"name": tune.grid_search(["a", "b", "c"])},
+        tune_config=tune.TuneConfig(
+            metric="val_acc", mode="max", scheduler=scheduler(state_dir),
+            search_alg=FrozenSlotsVariantGenerator(max_concurrent=1),
+        ),
+        run_config=tune.RunConfig(name="freeze", storage_path=str(tmp_path / "runs"), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )  # fmt: skip
+    results = tuner.fit()
+    assert not results.errors
+    history = {r.config["name"]: r.metrics_dataframe for r in results}
+    ids = {r.config["name"]: r.metrics["trial_id"] for r in results}
+    b = history["b"]
+    assert b["epoch"].tolist() == list(range(1, BUDGET + 1))  # every epoch once: no restart, no repeat
+    assert b.loc[b["epoch"] > 2, "resumed_from"].eq(2).all()  # thawed from the checkpoint of epoch 2
+    assert history["c"]["epoch"].max() == BUDGET  # c ran while b was frozen
+    compact(state_dir)  # as a search does when it ends
+    decisions = read_decisions(state_dir / DECISIONS_FILE)
+    b_rows = decisions[decisions["trial_id"] == ids["b"]]
+    assert b_rows["action"].tolist()[:3] == ["continue", "pause", "thaw"]
+    assert "trial" in b_rows["reason"].tolist()[2] and "finished" in b_rows["reason"].tolist()[2]
+    assert stopped_outcomes(state_dir) == {}
+
+
+def test_epochs_re_run_after_a_thaw_are_not_judged_again(tmp_path: Path) -> None:
+    """A trial that checkpoints every few epochs resumes before the epoch it was paused at; judging those epochs
+    again would freeze it where it was, for ever."""
+    sched = scheduler(tmp_path)
+    controller = SimController(1, end_paused=lambda trial: None)
+    a = add(sched, controller, "a")
+    for epoch in range(1, BUDGET + 1):
+        report(sched, controller, a, epoch)
+    b = add(sched, controller, "b")
+    report(sched, controller, b, 1)
+    assert report(sched, controller, b, 2) == TrialScheduler.PAUSE
+    assert sched.choose_trial_to_run(controller) is b
+    assert report(sched, controller, b, 1) == TrialScheduler.CONTINUE  # resumed from its checkpoint of epoch 0
+    assert report(sched, controller, b, 2) == TrialScheduler.CONTINUE  # re-run: not judged again
+    assert report(sched, controller, b, 3) == TrialScheduler.PAUSE  # new: judged

@@ -1,0 +1,57 @@
+"""The user's bank library: a finished search adds its trajectories, a later search of the same dataset and model
+fits its prior on them, and damaged files in the library are skipped with a warning, never fatal."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from conftest import tiny_spec
+
+from clp_tune.cli import main
+from clp_tune.search import make_scheduler, run_search
+from clp_tune.spec import parse_spec
+from clp_tune.stopping.user_banks import list_banks
+
+
+def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_path: Path, caplog, capsys) -> None:
+    library = tmp_path / "banks"
+    library.mkdir()
+    (library / "junk.parquet").write_bytes(b"\x00 not parquet at all")
+    pd.DataFrame({"x": [1, 2]}).to_parquet(library / "foreign.parquet")  # Parquet, but not a bank
+    spec = parse_spec(tiny_spec(epochs=3, num_samples=3, scheduler={"type": "trajectory"}, statistics=[],
+                                bank_library=str(library)))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.user_banks"):
+        paths = run_search(spec, storage_path=tmp_path / "runs", run_name="first", reports_dir=tmp_path / "reports")
+    assert "skipping" in caplog.text and "junk.parquet" in caplog.text and "foreign.parquet" in caplog.text
+
+    trials = pd.read_parquet(paths.run_dir / "trials.parquet")
+    (bank,) = list_banks(library)  # the damaged files are skipped
+    assert (bank.name, bank.dataset, bank.model) == ("first", "digits", "mlp")
+    assert bank.trials == len(trials) and bank.complete == int((trials["status"] == "finished").sum()) > 0
+
+    scheduler = make_scheduler(spec, tmp_path / "next")
+    assert scheduler.user_banks == (str(library / "first.parquet"),)
+    fitted_on = {tid.split("/")[0] for tid in scheduler.predictor.prior_trial_ids}
+    assert "user:first" in fitted_on and len(fitted_on) > 1  # the user's bank on top of the shipped suite
+    other = parse_spec(tiny_spec(dataset="mnist1d", model="cnn1d", scheduler={"type": "trajectory"},
+                                 bank_library=str(library)))  # fmt: skip
+    assert make_scheduler(other, tmp_path / "other").user_banks == ()  # another dataset: not a match
+
+    assert main(["bank", "list", "--library", str(library)]) == 0
+    assert "first" in capsys.readouterr().out
+    assert main(["bank", "add", str(library / "foreign.parquet"), "--library", str(tmp_path / "b2")]) == 2
+    assert "foreign.parquet" in capsys.readouterr().err
+    assert main(["bank", "add", str(library / "first.parquet"), "--library", str(tmp_path / "b2")]) == 0
+    assert [b.name for b in list_banks(tmp_path / "b2")] == ["first"]
+    assert main(["bank", "remove", "nothing", "--library", str(tmp_path / "b2")]) == 2
+    assert main(["bank", "remove", "first", "--library", str(tmp_path / "b2")]) == 0
+    assert list_banks(tmp_path / "b2") == []
+
+
+def test_the_library_can_be_turned_off(tmp_path: Path, monkeypatch) -> None:
+    spec = parse_spec(tiny_spec(scheduler={"type": "trajectory"}, bank_library="off"))
+    assert make_scheduler(spec, tmp_path).user_banks == ()
+    monkeypatch.setenv("CLP_TUNE_BANKS", str(tmp_path / "lib"))
+    assert main(["bank", "list"]) == 0
