@@ -4,7 +4,6 @@ restored state, re-report the same rows, and end where the uninterrupted trial e
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -51,13 +50,15 @@ def same(a: dict[str, Any], b: dict[str, Any], keys: set[str]) -> bool:
     return all(a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k])) for k in keys)
 
 
-def reported(storage: Path) -> dict[int, list[dict[str, Any]]]:
-    """Every report of each trial (by seed), in order, as Ray wrote them (a repeated epoch appears twice)."""
-    rows = {}
-    for result in storage.glob("*/*/result.json"):
-        reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        rows[reports[0]["config"]["seed"]] = reports
-    return rows
+class Recorder(tune.Callback):
+    """Every result of each trial (by seed) in the order the driver received it: a repeated epoch appears twice.
+    (Read on the driver, not from result.json, which a restored trial's logger may have rewritten.)"""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, list[dict[str, Any]]] = {}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.rows.setdefault(trial.config["seed"], []).append(dict(result))
 
 
 KILLED_SEED, PAUSED_SEED = 5, 6  # one trial of each interruption, side by side in one search
@@ -93,13 +94,13 @@ class PauseOnce(FIFOScheduler):
 
 def test_trials_checkpointing_every_3_epochs_killed_or_paused_end_as_uninterrupted(ray_local, tmp_path: Path) -> None:
     cfg = config()
-    killer, scheduler = KillWorkerOnce(), PauseOnce()
+    killer, scheduler, recorder = KillWorkerOnce(), PauseOnce(), Recorder()
     tuner = tune.Tuner(
         tune.with_resources(train_trial, {"cpu": 1}),
         param_space=cfg | {"seed": tune.grid_search([KILLED_SEED, PAUSED_SEED])},
         tune_config=tune.TuneConfig(num_samples=1, scheduler=scheduler, max_concurrent_trials=2),
         run_config=tune.RunConfig(
-            name="r", storage_path=str(tmp_path), callbacks=[killer], verbose=0,
+            name="r", storage_path=str(tmp_path), callbacks=[recorder, killer], verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -108,7 +109,8 @@ def test_trials_checkpointing_every_3_epochs_killed_or_paused_end_as_uninterrupt
     assert [result.error for result in results] == [None, None]
     assert killer.killed and scheduler.paused
 
-    for seed, rows in reported(tmp_path).items():
+    assert sorted(recorder.rows) == [KILLED_SEED, PAUSED_SEED]
+    for seed, rows in recorder.rows.items():
         epochs = [row["epoch"] for row in rows]
         restart = next(i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1])
         assert epochs[restart] == EVERY + 1, f"seed {seed} not resumed from the epoch-{EVERY} checkpoint: {epochs}"
