@@ -108,7 +108,8 @@ def read_decisions_now(scheduler: TrajectoryScheduler) -> pd.DataFrame:
     return read_decisions(Path(scheduler._store.state_dir) / DECISIONS_FILE)
 
 
-def test_an_idle_slot_thaws_the_likeliest_paused_trial_one_epoch_at_a_time(tmp_path: Path) -> None:
+def idle_thawed(tmp_path: Path) -> tuple[TrajectoryScheduler, SimController, SimTrial]:
+    """One slot: "a" finishes and sets the bar, "b" is paused at epoch 2 and, nothing new waiting, thawed."""
     sched = scheduler(tmp_path)
     controller = SimController(1, end_paused=lambda trial: None)
     a = add(sched, controller, "a")
@@ -118,6 +119,11 @@ def test_an_idle_slot_thaws_the_likeliest_paused_trial_one_epoch_at_a_time(tmp_p
     report(sched, controller, b, 1)
     assert report(sched, controller, b, 2) == TrialScheduler.PAUSE
     assert sched.choose_trial_to_run(controller) is b  # nothing new waits, a slot would idle
+    return sched, controller, b
+
+
+def test_an_idle_slot_thaws_the_likeliest_paused_trial_one_epoch_at_a_time(tmp_path: Path) -> None:
+    sched, controller, b = idle_thawed(tmp_path)
     assert report(sched, controller, b, 3) == TrialScheduler.PAUSE  # still unlikely: frozen again after one epoch
     reasons = sched.decisions_frame().query("trial_id == 'b'")["reason"].tolist()
     assert reasons[2].startswith("a slot would idle")
@@ -171,15 +177,7 @@ def test_a_real_search_thaws_a_paused_trial_from_its_checkpoint(ray_local, tmp_p
 def test_epochs_re_run_after_a_thaw_are_not_judged_again(tmp_path: Path) -> None:
     """A trial that checkpoints every few epochs resumes before the epoch it was paused at; judging those epochs
     again would freeze it where it was, for ever."""
-    sched = scheduler(tmp_path)
-    controller = SimController(1, end_paused=lambda trial: None)
-    a = add(sched, controller, "a")
-    for epoch in range(1, BUDGET + 1):
-        report(sched, controller, a, epoch)
-    b = add(sched, controller, "b")
-    report(sched, controller, b, 1)
-    assert report(sched, controller, b, 2) == TrialScheduler.PAUSE
-    assert sched.choose_trial_to_run(controller) is b
+    sched, controller, b = idle_thawed(tmp_path)
     assert report(sched, controller, b, 1) == TrialScheduler.CONTINUE  # resumed from its checkpoint of epoch 0
     assert report(sched, controller, b, 2) == TrialScheduler.CONTINUE  # re-run: not judged again
     assert report(sched, controller, b, 3) == TrialScheduler.PAUSE  # new: judged
