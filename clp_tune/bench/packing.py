@@ -193,7 +193,7 @@ def packing_command(args: argparse.Namespace) -> int:
         per_hour = k * 3600 / (epoch_s * spec.epochs)
         memory = statistics.median(r["memory_mib"] for r in results)
         checkpoint = statistics.median(s for r in results for s in r["checkpoint_seconds"])
-        print(f"{k:>13}  {threads:>13}  {epoch_s:>13.2f}  {per_hour:>11.2f}  {memory:>10.0f} {memory_kind:<6}  "
+        print(f"{k:>13}  {threads:>13}  {epoch_s:>13.4g}  {per_hour:>11.2f}  {memory:>10.0f} {memory_kind:<6}  "
               f"{checkpoint:>12.3f}", flush=True)  # fmt: skip
     samples = results[0]["train_samples"]
     print(f"epoch s/trial: median over trials of each trial's median epoch ({samples} training samples per epoch); "
