@@ -214,7 +214,7 @@ def run_search(
             name=run_name, storage_path=storage, verbose=1,
             callbacks=[RunFileSync(local_dir, f"{storage}/{run_name}")] if is_uri(storage) else None,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_kept),
         ),
     )  # fmt: skip
     tuner.fit()

@@ -24,6 +24,7 @@ from clp_tune.spec_checks import (
     check_repeats,
 )
 from clp_tune.vocabulary import (
+    CHECKPOINTS_KEPT,
     DATASETS,
     GPU_CHECKPOINT_EVERY,
     MODELS,
@@ -118,6 +119,8 @@ class Spec(_Strict):
     channels_last: bool = True
     compile: bool = False
     checkpoint_every: int | None = Field(None, gt=0)
+    # Checkpoints Ray keeps per trial (CheckpointConfig(num_to_keep)); see vocabulary.CHECKPOINTS_KEPT.
+    checkpoints_kept: int = Field(CHECKPOINTS_KEPT, gt=0)
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("scheduler", mode="before")

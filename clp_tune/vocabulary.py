@@ -61,6 +61,12 @@ def augments_by_default(dataset: str) -> bool:
 #: under ~0.1 s per epoch, and a resumed or thawed trial repeats at most 4 epochs.
 GPU_CHECKPOINT_EVERY = 5
 
+#: Checkpoints Ray keeps per trial (``CheckpointConfig(num_to_keep)``) when the spec leaves ``checkpoints_kept``
+#: out. Ray rewrites its whole experiment state whenever one trial has written this many checkpoints since the
+#: last rewrite; with 1 that is after every result, a cost that grows with the number of trials
+#: (``clp-tune bench driver-load --checkpoints-kept 1,2`` measures both). 2 keeps one older checkpoint per trial.
+CHECKPOINTS_KEPT = 2
+
 #: The recipe's categorical knobs (``clp_tune.spec.KNOBS`` validates them, ``clp_tune.trial.recipe`` reads them).
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("cosine", "constant")

@@ -64,6 +64,8 @@ SPECS: list[tuple[str, str | bytes, str]] = [
     ("delta-above-one", _spec_text(scheduler={"type": "trajectory", "delta": 1.5}), "delta"),
     ("k-zero", _spec_text(scheduler={"type": "trajectory", "k": 0}), "k"),
     ("min-fraction-zero", _spec_text(scheduler={"type": "trajectory", "min_fraction": 0}), "min_fraction"),
+    ("checkpoints-kept-zero", _spec_text(checkpoints_kept=0), "checkpoints_kept"),
+    ("checkpoint-every-zero", _spec_text(checkpoint_every=0), "checkpoint_every"),
     ("fixed-seed-repeated", _spec_text(params={"seed": 3}), "seed"),
     # unknown keys and values
     ("unknown-top-level-key", _spec_text(epoch=3), "epoch"),

@@ -12,7 +12,7 @@ from conftest import tiny_spec
 from clp_tune.cli import main
 from clp_tune.search import make_scheduler, run_search
 from clp_tune.spec import parse_spec
-from clp_tune.stopping.user_banks import list_banks
+from clp_tune.stopping.user_banks import list_banks, matching
 
 
 def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_path: Path, caplog, capsys) -> None:
@@ -38,6 +38,13 @@ def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_p
     other = parse_spec(tiny_spec(dataset="mnist1d", model="cnn1d", scheduler={"type": "trajectory"},
                                  bank_library=str(library)))  # fmt: skip
     assert make_scheduler(other, tmp_path / "other").user_banks == ()  # another dataset: not a match
+    partial = pd.read_parquet(library / "first.parquet").assign(complete=False)  # a run stopped before any end
+    partial.to_parquet(library / "partial.parquet")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.user_banks"):
+        assert [(b.name, b.complete) for b in list_banks(library)] == [("first", bank.complete), ("partial", 0)]
+        assert matching(library, "digits", "mlp") == [library / "first.parquet"]  # nothing to fit on yet
+    assert "partial" not in caplog.text  # a valid entry, not a damaged one
 
     assert main(["bank", "list", "--library", str(library)]) == 0
     assert "first" in capsys.readouterr().out

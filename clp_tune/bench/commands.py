@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from clp_tune.vocabulary import DETECTORS, TRAJECTORY_OPTIONS
+from clp_tune.vocabulary import CHECKPOINTS_KEPT, DETECTORS, TRAJECTORY_OPTIONS
 
 #: ``--prior``; the modes are ``clp_tune.bench.priors.PRIOR_MODES`` (not imported here: it needs pandas).
 PRIOR_HELP = (
@@ -130,6 +130,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     load.add_argument("--epochs", type=int, default=20)
     load.add_argument("--workers", type=int, default=8, help="max_concurrent_trials (default 8)")
     load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--checkpoints-kept", default=str(CHECKPOINTS_KEPT), help="comma-separated num_to_keep "
+                      f"values, one run each (default {CHECKPOINTS_KEPT}, the spec's checkpoints_kept)")  # fmt: skip
     load.add_argument("--dir", help="where the temporary run directory goes (default: the system's temp dir)")
     load.set_defaults(handler=_lazy("clp_tune.bench.driver_load", "driver_load_command"))
 

@@ -6,13 +6,22 @@ checkpoints) with the trajectory scheduler persisting its state in the run direc
 are replays (:func:`clp_tune.bench.replay.make_replay_trainable`) of a synthetic bank
 (:func:`clp_tune.bench.synthetic.synthetic_bank`), so no training competes with the driver for the CPUs: what
 grows is the driver's memory and the run directory, which are what this measures.
+
+Each ``--checkpoints-kept`` value runs in its own process, one after the other, so each peak is its own. The value
+is Ray's ``CheckpointConfig(num_to_keep)``, which also decides how often Ray rewrites its experiment state (every
+trial's state, so a file that grows with the search): Ray forces that rewrite whenever one trial has written
+``num_to_keep`` checkpoints since the last one, so with 1 it is rewritten after every result of a trial that
+checkpoints every epoch.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,10 +42,10 @@ def _tree_size(path: Path) -> tuple[int, int]:
     return sum(sizes), len(sizes)
 
 
-def driver_load(trials: int, epochs: int, workers: int, seed: int, run_root: Path) -> dict[str, Any]:
+def driver_load(trials: int, epochs: int, workers: int, seed: int, kept: int, run_root: Path) -> dict[str, Any]:
     """Replay ``trials`` synthetic trials of ``epochs`` through real Ray Tune under the trajectory scheduler with
-    ``workers`` concurrent trials; the driver's resident memory is sampled every 0.2 s (and its peak read from the
-    kernel), the run directory measured at the end."""
+    ``workers`` concurrent trials, keeping ``kept`` checkpoints per trial; the driver's resident memory is sampled
+    every 0.2 s (and its peak read from the kernel), the run directory measured at the end."""
     import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -67,7 +76,13 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, run_root: Pat
             last_epoch[trial.trial_id] = max(last_epoch.get(trial.trial_id, 0), int(result["epoch"]))
             reported["results"] += 1
 
-    reported = {"results": 0}
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            reported["ended"] += 1
+            if reported["ended"] % 100 == 0:
+                print(f"  ... {reported['ended']} of {trials_total} trials ended, {time.perf_counter() - started:.0f} "
+                      f"s", file=sys.stderr, flush=True)  # fmt: skip
+
+    reported, trials_total = {"results": 0, "ended": 0}, len(rows)
 
     scheduler = build_scheduler("trajectory", epochs, state_dir=run_dir)
     tuner = tune.Tuner(
@@ -79,7 +94,7 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, run_root: Pat
         ),
         run_config=tune.RunConfig(
             name=run_dir.name, storage_path=str(run_root), verbose=0, callbacks=[Count()],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=kept),
         ),
     )  # fmt: skip
     started = time.perf_counter()
@@ -95,7 +110,7 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, run_root: Pat
     size, files = _tree_size(run_dir)
     state_size = size - sum(_tree_size(Path(result.path))[0] for result in results)  # less the trial directories
     return {
-        "trials": trials, "epochs": epochs, "workers": workers, "results": reported["results"],
+        "trials": trials, "epochs": epochs, "workers": workers, "kept": kept, "results": reported["results"],
         "finished": sum(epoch >= epochs for epoch in last_epoch.values()),
         "errors": len(results.errors), "wall_s": wall, "rss_before_mb": samples["before"] / _MB,
         "rss_peak_mb": max(samples["peak"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / _MB,
@@ -103,16 +118,63 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, run_root: Pat
     }  # fmt: skip
 
 
+def _parse_kept(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"--checkpoints-kept: expected comma-separated integers >= 1 (like 1,2), got {text!r}")
+    return values
+
+
 def driver_load_command(args: argparse.Namespace) -> int:
-    """``clp-tune bench driver-load``: exit 1 if any replayed trial errored."""
-    with tempfile.TemporaryDirectory(prefix="clp-driver-load-", dir=args.dir) as root:
-        load = driver_load(args.trials, args.epochs, args.workers, args.seed, Path(root))
-        print(f"real Ray Tune, trajectory scheduler, {load['trials']} replayed trials x {load['epochs']} epochs "
-              f"(synthetic bank, seed {args.seed}), max_concurrent_trials {load['workers']}")  # fmt: skip
-        print(f"{load['results']} results, {load['finished']} trials ran their whole budget, {load['errors']} errored, "
-              f"{load['wall_s']:.0f} s wall ({load['results'] / load['wall_s']:.0f} results/s)")  # fmt: skip
-        print(f"driver resident memory: {load['rss_before_mb']:.0f} MB after Ray started, peak "
-              f"{load['rss_peak_mb']:.0f} MB")  # fmt: skip
-        print(f"run directory: {load['run_dir_mb']:.1f} MB in {load['run_dir_files']} files; outside the trial "
-              f"directories (the scheduler's state, Ray's experiment files): {load['state_mb']:.1f} MB")  # fmt: skip
-    return 1 if load["errors"] else 0
+    """``clp-tune bench driver-load``: one child process per ``--checkpoints-kept`` value; exit 1 if any replayed
+    trial errored, 2 on bad arguments."""
+    try:
+        kept_values = _parse_kept(args.checkpoints_kept)
+        if args.trials < 1 or args.epochs < 1 or args.workers < 1:
+            raise ValueError("--trials, --epochs and --workers: expected integers >= 1")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"real Ray Tune, trajectory scheduler, {args.trials} replayed trials x {args.epochs} epochs (synthetic "
+        f"bank, seed {args.seed}), max_concurrent_trials {args.workers}, a checkpoint per result",
+        flush=True,
+    )
+    print(
+        f"{'kept':>4}  {'results':>7}  {'finished':>8}  {'errors':>6}  {'wall s':>7}  {'results/s':>9}  "
+        f"{'driver MB (start/peak)':>22}  {'run dir MB':>10}  {'files':>6}  {'outside trials MB':>17}",
+        flush=True,
+    )
+    loads = []
+    for kept in kept_values:
+        with tempfile.TemporaryDirectory(prefix="clp-driver-load-", dir=args.dir) as root:
+            job = [args.trials, args.epochs, args.workers, args.seed, kept, root]
+            done = subprocess.run([sys.executable, "-m", "clp_tune.bench.driver_load", json.dumps(job)],
+                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+            if done.returncode != 0:
+                print(f"error: the replay with {kept} checkpoint(s) kept failed (exit {done.returncode})",
+                      file=sys.stderr)  # fmt: skip
+                return 1
+            load = json.loads(done.stdout.strip().splitlines()[-1])
+        loads.append(load)
+        rate, memory = load["results"] / load["wall_s"], f"{load['rss_before_mb']:.0f} / {load['rss_peak_mb']:.0f}"
+        print(f"{kept:>4}  {load['results']:>7}  {load['finished']:>8}  {load['errors']:>6}  {load['wall_s']:>7.0f}  "
+              f"{rate:>9.1f}  {memory:>22}  {load['run_dir_mb']:>10.1f}  {load['run_dir_files']:>6}  "
+              f"{load['state_mb']:>17.1f}", flush=True)  # fmt: skip
+    if len(loads) > 1:
+        base = loads[0]["results"] / loads[0]["wall_s"]
+        print("results/s against the first row: " + ", ".join(
+            f"{load['kept']} kept {load['results'] / load['wall_s'] / base:.2f}x" for load in loads[1:]))  # fmt: skip
+    print(
+        "kept: CheckpointConfig(num_to_keep), the spec's checkpoints_kept; outside trials: the scheduler's state "
+        "and Ray's experiment files"
+    )
+    return 1 if any(load["errors"] for load in loads) else 0
+
+
+if __name__ == "__main__":  # one replay: python -m clp_tune.bench.driver_load JOB_JSON; prints its load as JSON
+    trials, epochs, workers, seed, kept, root = json.loads(sys.argv[1])
+    print(json.dumps(driver_load(trials, epochs, workers, seed, kept, Path(root))))

@@ -52,17 +52,31 @@ class UserBank:
     complete: int
 
 
+#: What the library reads of each file to list and match it: the full bank is read (and checked) only when a
+#: matching search fits on it (:func:`load_user_banks`).
+_SUMMARY_COLUMNS = ["trial_id", "complete", "config/dataset", "config/model"]
+
+
 def _read(path: Path) -> UserBank | None:
-    """The bank at ``path``, or None (with a warning) when it is not a readable bank with a dataset and model."""
+    """The bank at ``path``, or None (with a warning) when it is not a readable bank with a dataset and model.
+
+    Only the summary columns are read: a search lists the whole library at its start, and a library grows by a
+    file per finished search. A run with no complete trial is a valid entry that no search fits on yet."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
     try:
-        frame = load_bank(path)
-        missing = [c for c in ("config/dataset", "config/model", "complete") if c not in frame]
+        names = pq.read_schema(path).names
+        missing = [c for c in _SUMMARY_COLUMNS if c not in names]
         if missing:
             raise ValueError(f"not a library bank: no {', '.join(missing)} column")
-    except Exception as error:  # a cache entry: any damage means skip it
+        frame = pq.read_table(path, columns=_SUMMARY_COLUMNS).to_pandas()
+        if frame.empty:
+            raise ValueError("no rows")
+    except (pyarrow.ArrowException, OSError, ValueError) as error:  # a cache entry: any damage means skip it
         logger.warning("bank library: skipping %s (%s)", path, " ".join(str(error).split()))
         return None
-    trials = frame.groupby("trial_id")["complete"].last()
+    trials = frame.groupby("trial_id")["complete"].last().astype(bool)
     return UserBank(path.stem, path, str(frame["config/dataset"].iloc[0]), str(frame["config/model"].iloc[0]),
                     len(trials), int(trials.sum()))  # fmt: skip
 
@@ -106,6 +120,7 @@ def add_run(directory: Path | None, name: str, trajectories: pd.DataFrame, datas
 
 def add_file(directory: Path, source: Path) -> UserBank:
     """Copy a bank Parquet into the library; ValueError when it is not a library bank (see :func:`bank_rows`)."""
+    load_bank(source)  # ValueError naming the column when its values are not a bank's
     bank = _read(source)
     if bank is None:
         raise ValueError(f"{source}: not a bank with config/dataset, config/model and complete columns")
