@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.features import HISTORY_COLUMNS, planned_epochs
@@ -268,9 +268,10 @@ class TrajectoryPolicy:
         p_beat = prediction.prob_above(threshold)
         judged = {**ruling, "prediction": prediction, "grace": grace, "threshold": threshold, "p_beat": p_beat}
         chance = f"P(beat k-th best) {p_beat:.3f}"
-        if p_beat >= self.delta:
+        verdict = self._verdict(p_beat)
+        if verdict == "go":
             return Decision(**judged, action="continue", reason=f"{chance} >= {self.delta}")
-        if self.freeze_thaw and p_beat >= self.hopeless:
+        if verdict == "pause":
             return Decision(**judged, action="pause", reason=f"{chance} < {self.delta}: paused", status=PAUSED)
         hopeless = f" < hopeless {self.hopeless}" if self.freeze_thaw else f" < {self.delta}"
         return Decision(**judged, action="stop", reason=chance + hopeless, status="stopped")
@@ -286,11 +287,19 @@ class TrajectoryPolicy:
         judged = {"trial_id": trial_id, "epoch": state.epochs[-1], "prediction": prediction,
                   "threshold": math.nan if threshold is None else threshold, "p_beat": p_beat}  # fmt: skip
         chance = f"{why}: P(beat k-th best) {p_beat:.3f}"
-        if p_beat >= self.delta:
+        verdict = self._verdict(p_beat)
+        if verdict == "go":
             return Decision(**judged, action="thaw", reason=f"{chance} >= {self.delta}")
-        if p_beat < self.hopeless:
+        if verdict == "stop":
             return Decision(**judged, action="stop", reason=f"{chance} < hopeless {self.hopeless}", status="stopped")
         return Decision(**judged, action="pause", reason=f"{chance} < {self.delta}: stays paused", status=PAUSED)
+
+    def _verdict(self, p_beat: float) -> Literal["go", "pause", "stop"]:
+        """The one rule :meth:`decide` and :meth:`rejudge` share: go on at P >= delta; with freeze-thaw, pause at
+        hopeless <= P < delta; else stop."""
+        if p_beat >= self.delta:
+            return "go"
+        return "pause" if self.freeze_thaw and p_beat >= self.hopeless else "stop"
 
     @staticmethod
     def divergence(state: TrialState, result: Mapping[str, Any]) -> str | None:
