@@ -24,6 +24,7 @@ CURVES = {
     "a": [0.3, 0.45, 0.52, 0.56, 0.58, 0.60],
     "b": [0.2, 0.30, 0.40, 0.50, 0.60, 0.70],
     "c": [0.3, 0.40, 0.45, 0.50, 0.52, 0.54],
+    "d": [0.5, 0.70, 0.80, 0.85, 0.88, 0.90],
 }
 
 
@@ -31,12 +32,14 @@ class ScriptedPredictor:
     """Predicted finals by trial name. P(b beats a's 0.6) is 0.02 with the first spread (paused, not hopeless);
     once two trials have finished (c fell short of the bar) the spread widens and it is 0.30 (thawed)."""
 
-    means = {"a": 0.6, "b": 0.4975, "c": 0.55}
+    means = {"a": 0.6, "b": 0.4975, "c": 0.55, "d": 0.9}
 
     def __init__(self) -> None:
         self.finished = 0
+        self.asked: list[str] = []
 
     def predict(self, history, config, budget) -> Prediction:
+        self.asked.append(config["name"])
         return Prediction(self.means[config["name"]], 0.05 if self.finished < 2 else 0.2)
 
     def observe_finished(self, rows) -> None:
@@ -127,6 +130,24 @@ def test_an_idle_slot_thaws_the_likeliest_paused_trial_one_epoch_at_a_time(tmp_p
     assert report(sched, controller, b, 3) == TrialScheduler.PAUSE  # still unlikely: frozen again after one epoch
     reasons = sched.decisions_frame().query("trial_id == 'b'")["reason"].tolist()
     assert reasons[2].startswith("a slot would idle")
+
+
+def test_a_trial_that_raises_the_bar_ends_hopeless_paused_trials_without_asking_the_predictor(tmp_path) -> None:
+    """d finishes as predicted (0.9): no new evidence, only a higher bar; b's latest prediction scores P < hopeless
+    against it, so b is stopped for good, and the predictor is not asked about b again."""
+    sched, controller, b = idle_thawed(tmp_path)
+    assert report(sched, controller, b, 3) == TrialScheduler.PAUSE
+    ended: list[SimTrial] = []
+    controller._end_paused = ended.append
+    d = add(sched, controller, "d")
+    asked = sched._predictor.asked
+    before = len(asked)
+    for epoch in range(1, BUDGET + 1):
+        report(sched, controller, d, epoch)
+    assert "b" not in asked[before:] and sched._state.trials["d"].final == 0.9
+    assert sched._state.trials["b"].status == "stopped" and ended == [b]
+    last = sched.decisions_frame().query("trial_id == 'b'").iloc[-1]
+    assert last["action"] == "stop" and "trial d raised the bar" in last["reason"]
 
 
 def test_a_real_search_thaws_a_paused_trial_from_its_checkpoint(ray_local, tmp_path: Path, monkeypatch) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import resource
 import statistics as stats
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -62,6 +63,15 @@ def scheduler_cost(
         for hook in HOOKS:
             setattr(scheduler, hook, _timed(getattr(scheduler, hook), timings[hook], rss))
         started = time.perf_counter()
+        timed_complete = scheduler.on_trial_complete
+
+        def on_trial_complete(*args: Any) -> None:  # progress on stderr: the default search takes many minutes
+            timed_complete(*args)
+            if len(timings["on_trial_complete"]) % 200 == 0:
+                print(f"  ... {len(timings['on_trial_complete'])} of {trials} trials ended, "
+                      f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+
+        scheduler.on_trial_complete = on_trial_complete
         run = simulate(scheduler, order, rows, workers)
         wall = time.perf_counter() - started
         rss["peak"] = max(rss["peak"], _rss())

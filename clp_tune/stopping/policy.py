@@ -113,6 +113,8 @@ class TrialState:
         p_beat: its latest P(final > k-th best) (what thawing orders the paused trials by).
         thawed_at: the epoch it was last thawed at: a trial that checkpoints every few epochs re-runs the epochs
             since its checkpoint, and those are not judged again (they would freeze it where it was).
+        judged_mean: the mean predicted when it was first judged against the bar: a trial that finishes below it
+            fell short of its prediction, the new evidence on which the paused trials are judged again.
     """
 
     budget: int
@@ -126,6 +128,7 @@ class TrialState:
     pred_std: float | None = None
     p_beat: float | None = None
     thawed_at: int | None = None
+    judged_mean: float | None = None
 
     def record(self, epoch: int, row: Mapping[str, float | None]) -> None:
         """Store the row of ``epoch``; a re-reported epoch (a resumed trial) replaces the old one."""
@@ -156,10 +159,17 @@ class TrialState:
             self.thawed_at = decision.epoch
         if not math.isnan(decision.p_beat):
             self.p_beat = decision.p_beat
+            if self.judged_mean is None and decision.prediction is not None:
+                self.judged_mean = decision.prediction.mean
         if decision.prediction is not None:
             self.pred_mean, self.pred_std = decision.prediction.mean, decision.prediction.std
         if decision.grace is not None:
             self.grace = decision.grace
+
+    def fell_short(self) -> bool:
+        """Whether it finished below the final predicted when it was first judged (True if never judged: nothing
+        was expected of it, so its final is news)."""
+        return self.final is not None and (self.judged_mean is None or self.final < self.judged_mean)
 
     def series(self) -> dict[str, list[float]]:
         return {c: [math.nan if v is None else v for v in values] for c, values in self.history.items()}
@@ -291,6 +301,23 @@ class TrajectoryPolicy:
         if verdict == "go":
             return Decision(**judged, action="thaw", reason=f"{chance} >= {self.delta}")
         if verdict == "stop":
+            return Decision(**judged, action="stop", reason=f"{chance} < hopeless {self.hopeless}", status="stopped")
+        return Decision(**judged, action="pause", reason=f"{chance} < {self.delta}: stays paused", status=PAUSED)
+
+    def rescore(self, trial_id: str, trials: Mapping[str, TrialState], why: str) -> Decision:
+        """A paused trial's chance against a bar that rose (``why``), from its latest prediction, without asking
+        the predictor: "stop" below ``hopeless``, else "pause" (its chance updated). A bar that rises only lowers
+        chances, so nothing is thawed here; a trial that fell short of its prediction calls :meth:`rejudge`."""
+        state = trials[trial_id]
+        threshold = self.threshold(trials, exclude=trial_id)
+        if threshold is None or state.pred_mean is None:
+            return Decision(trial_id, state.epochs[-1], "pause", f"{why}: nothing to rescore", status=PAUSED)
+        prediction = Prediction(state.pred_mean, state.pred_std or 0.0)
+        p_beat = prediction.prob_above(threshold)
+        judged = {"trial_id": trial_id, "epoch": state.epochs[-1], "prediction": prediction, "threshold": threshold,
+                  "p_beat": p_beat}  # fmt: skip
+        chance = f"{why}: P(beat k-th best) {p_beat:.3f}"
+        if p_beat < self.hopeless:
             return Decision(**judged, action="stop", reason=f"{chance} < hopeless {self.hopeless}", status="stopped")
         return Decision(**judged, action="pause", reason=f"{chance} < {self.delta}: stays paused", status=PAUSED)
 

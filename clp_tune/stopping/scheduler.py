@@ -235,7 +235,7 @@ class TrajectoryScheduler(FIFOScheduler):
             state.status, state.final = "finished", float(finals[-1])
             self._state.finished_order.append(trial.trial_id)
             self._store.journal(self._state, trial.trial_id, None)
-            self._rejudge_paused(tune_controller, f"trial {trial.trial_id} finished")
+            self._rejudge_paused(tune_controller, trial.trial_id, full=state.fell_short())
         else:
             state.status = "stopped"  # ended early by something else (a stopper, the user)
             self._store.journal(self._state, trial.trial_id, None)
@@ -268,14 +268,21 @@ class TrajectoryScheduler(FIFOScheduler):
         if slots is not None:
             slots.frozen = frozenset(tid for tid, s in self._state.trials.items() if s.status == PAUSED)
 
-    def _rejudge_paused(self, tune_controller: TuneController | None, why: str) -> None:
-        """Judge every paused trial again (a trial finished): queue the likely ones to thaw, end the hopeless."""
+    def _rejudge_paused(self, tune_controller: TuneController | None, finished: str, full: bool) -> None:
+        """A trial finished: judge every paused trial again, queueing the likely ones to thaw and ending the
+        hopeless. ``full`` (it fell short of its prediction: new evidence) asks the predictor again; else only
+        the bar rose, and each paused trial's latest prediction is scored against it (no predictor call)."""
         paused = [tid for tid, s in self._state.trials.items() if s.status == PAUSED]
         if not paused:
             return
         by_id = {t.trial_id: t for t in tune_controller.get_trials()} if tune_controller is not None else {}
+        predictor = _OnDemandPredictor(self)
         for trial_id in paused:
-            decision = self.policy.rejudge(trial_id, self._state.trials, _OnDemandPredictor(self), why)
+            if full:
+                why = f"trial {finished} finished below its prediction"
+                decision = self.policy.rejudge(trial_id, self._state.trials, predictor, why)
+            else:
+                decision = self.policy.rescore(trial_id, self._state.trials, f"trial {finished} raised the bar")
             if decision.action == "pause":  # no change but its chance: not a row of the decisions table
                 self._state.trials[trial_id].apply(decision)
                 continue

@@ -13,13 +13,15 @@ cache, and a damaged entry must never stop a search.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -157,17 +159,24 @@ def load_user_banks(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
 _OFF = f"the bank library is off (${LIBRARY_ENV}={OFF}); give --library DIR"
 
 
-def _directory(args) -> Path | None:
-    return library_dir(args.library)
-
-
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
 
 
+def _needs_library(command: Callable[[Any, Path], int]) -> Callable[[Any], int]:
+    """A command that changes the library, given its directory; exit 2 when the library is off."""
+
+    @functools.wraps(command)
+    def run(args) -> int:
+        directory = library_dir(args.library)
+        return _error(_OFF) if directory is None else command(args, directory)
+
+    return run
+
+
 def list_command(args) -> int:
-    directory = _directory(args)
+    directory = library_dir(args.library)
     if directory is None:
         print(f"the bank library is off (${LIBRARY_ENV}={OFF})")
         return 0
@@ -179,10 +188,8 @@ def list_command(args) -> int:
     return 0
 
 
-def add_command(args) -> int:
-    directory = _directory(args)
-    if directory is None:
-        return _error(_OFF)
+@_needs_library
+def add_command(args, directory: Path) -> int:
     if not args.path.is_file():
         return _error(f"{args.path}: no such file")
     try:
@@ -194,10 +201,8 @@ def add_command(args) -> int:
     return 0
 
 
-def remove_command(args) -> int:
-    directory = _directory(args)
-    if directory is None:
-        return _error(_OFF)
+@_needs_library
+def remove_command(args, directory: Path) -> int:
     try:
         path = remove(directory, args.name)
     except KeyError:

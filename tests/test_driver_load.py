@@ -1,0 +1,37 @@
+"""``clp-tune bench driver-load``: a small replayed search through real Ray Tune, once per ``--checkpoints-kept``
+value, each row's figures printed and the ratio between them; bad arguments exit 2 before Ray starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def bench(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    return subprocess.run([sys.executable, "-m", "clp_tune.cli", "bench", "driver-load", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_driver_load_replays_a_search_per_checkpoints_kept_value() -> None:
+    done = bench("--trials", "10", "--epochs", "3", "--workers", "2", "--checkpoints-kept", "1,2")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["kept", "results"])
+    rows = [line.split() for line in lines[header + 1 : header + 3]]
+    assert [row[0] for row in rows] == ["1", "2"]
+    for row in rows:
+        results, finished, errors = int(row[1]), int(row[2]), int(row[3])
+        assert errors == 0 and 1 <= finished <= 10 and finished * 3 <= results <= 10 * 3  # every result went through
+        assert float(row[5]) > 0 and float(row[9]) > 0  # results/s; the run directory's size
+    assert "results/s against the first row: 2 kept" in done.stdout
+
+
+def test_driver_load_refuses_bad_arguments_with_exit_2() -> None:
+    for args in (["--checkpoints-kept", "1,zero"], ["--checkpoints-kept", "0"], ["--trials", "0"]):
+        done = bench(*args, timeout=60)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+        assert done.stderr.startswith("error: ") and "kept" not in done.stdout  # refused before any replay
