@@ -97,10 +97,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         "predictor: wall time per on_trial_result (the first, which fits the prior; then median, 99th percentile, "
         "max) and the driver's resident memory.",
     )  # fmt: skip
-    cost.add_argument("--trials", type=int, default=2000)
-    cost.add_argument("--epochs", type=int, default=100)
-    cost.add_argument("--workers", type=int, default=8)
-    cost.add_argument("--seed", type=int, default=0)
+    _add_synthetic_search(cost, epochs=100, workers_help="concurrent trial slots (default 8)")
     cost.add_argument("--judged-epochs", type=int, help="report only the first N epochs of each trial to the "
                       "scheduler (default: all); the output says so")  # fmt: skip
     cost.add_argument("--bank", help="bank Parquet for the prior (default: every shipped bank, as a search)")
@@ -126,14 +123,32 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         "scheduler, which persists its state in the run directory as in a search; print the results per second, "
         "the driver's peak resident memory and the run directory's size. Takes many minutes at the defaults.",
     )  # fmt: skip
-    load.add_argument("--trials", type=int, default=2000)
-    load.add_argument("--epochs", type=int, default=20)
-    load.add_argument("--workers", type=int, default=8, help="max_concurrent_trials (default 8)")
-    load.add_argument("--seed", type=int, default=0)
+    _add_synthetic_search(load, epochs=20, workers_help="max_concurrent_trials (default 8)")
     load.add_argument("--checkpoints-kept", default=str(CHECKPOINTS_KEPT), help="comma-separated num_to_keep "
                       f"values, one run each (default {CHECKPOINTS_KEPT}, the spec's checkpoints_kept)")  # fmt: skip
     load.add_argument("--dir", help="where the temporary run directory goes (default: the system's temp dir)")
     load.set_defaults(handler=_lazy("clp_tune.bench.driver_load", "driver_load_command"))
+
+
+def _add_synthetic_search(parser: argparse.ArgumentParser, epochs: int, workers_help: str) -> None:
+    """The size of the synthetic search (``clp_tune.bench.synthetic``) a cost benchmark replays."""
+    parser.add_argument("--trials", type=int, default=2000, help="trials of the synthetic bank (default 2000)")
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"epochs per trial (default {epochs})")
+    parser.add_argument("--workers", type=int, default=8, help=workers_help)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic bank and the order (default 0)")
+
+
+def positive_integers(flag: str, text: str, example: str) -> list[int]:
+    """A comma-separated list of integers > 0 given to ``flag``; SpecError (exit 2) naming the flag otherwise."""
+    from clp_tune.spec_checks import SpecError
+
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise SpecError(f"{flag}: expected comma-separated integers > 0 (like {example}), got {text!r}")
+    return values
 
 
 def add_bank_parser(commands: argparse._SubParsersAction) -> None:

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clp_tune.bench.commands import positive_integers
+
 _MB = 1024 * 1024
 
 
@@ -118,21 +120,11 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, kept: int, ru
     }  # fmt: skip
 
 
-def _parse_kept(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise ValueError(f"--checkpoints-kept: expected comma-separated integers >= 1 (like 1,2), got {text!r}")
-    return values
-
-
 def driver_load_command(args: argparse.Namespace) -> int:
     """``clp-tune bench driver-load``: one child process per ``--checkpoints-kept`` value; exit 1 if any replayed
     trial errored, 2 on bad arguments."""
     try:
-        kept_values = _parse_kept(args.checkpoints_kept)
+        kept_values = positive_integers("--checkpoints-kept", args.checkpoints_kept, "1,2")
         if args.trials < 1 or args.epochs < 1 or args.workers < 1:
             raise ValueError("--trials, --epochs and --workers: expected integers >= 1")
     except ValueError as error:

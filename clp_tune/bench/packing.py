@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clp_tune.bench.commands import positive_integers
 from clp_tune.spec import Spec, SpecError, load_spec
 from clp_tune.trial.data import Splits, _carve_validation, _channel_moments, load_dataset
 from clp_tune.vocabulary import DATASET_SHAPES, TRAIN_SIZES
@@ -139,20 +140,10 @@ def _run_packing(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [json.loads(output.strip().splitlines()[-1]) for output in outputs]
 
 
-def _parse_packings(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v <= 0 for v in values):
-        raise SpecError(f"--per-device: expected comma-separated integers > 0 (like 1,2,4,8), got {text!r}")
-    return values
-
-
 def packing_command(args: argparse.Namespace) -> int:
     try:
         spec = load_spec(args.spec)
-        packings = _parse_packings(args.per_device)
+        packings = positive_integers("--per-device", args.per_device, "1,2,4,8")
         if args.epochs < 1 or (args.train_size is not None and args.train_size < 1):
             raise SpecError("--epochs and --train-size: expected integers >= 1")
     except SpecError as error:
