@@ -293,16 +293,7 @@ class TrajectoryPolicy:
         state = trials[trial_id]
         prediction = ask(predictor, state.series(), state.config, state.budget, search_context(trial_id, trials))
         threshold = self.threshold(trials, exclude=trial_id)
-        p_beat = 1.0 if threshold is None else prediction.prob_above(threshold)
-        judged = {"trial_id": trial_id, "epoch": state.epochs[-1], "prediction": prediction,
-                  "threshold": math.nan if threshold is None else threshold, "p_beat": p_beat}  # fmt: skip
-        chance = f"{why}: P(beat k-th best) {p_beat:.3f}"
-        verdict = self._verdict(p_beat)
-        if verdict == "go":
-            return Decision(**judged, action="thaw", reason=f"{chance} >= {self.delta}")
-        if verdict == "stop":
-            return Decision(**judged, action="stop", reason=f"{chance} < hopeless {self.hopeless}", status="stopped")
-        return Decision(**judged, action="pause", reason=f"{chance} < {self.delta}: stays paused", status=PAUSED)
+        return self._judged_paused(trial_id, trials, prediction, threshold, why, may_thaw=True)
 
     def rescore(self, trial_id: str, trials: Mapping[str, TrialState], why: str) -> Decision:
         """A paused trial's chance against a bar that rose (``why``), from its latest prediction, without asking
@@ -313,11 +304,21 @@ class TrajectoryPolicy:
         if threshold is None or state.pred_mean is None:
             return Decision(trial_id, state.epochs[-1], "pause", f"{why}: nothing to rescore", status=PAUSED)
         prediction = Prediction(state.pred_mean, state.pred_std or 0.0)
-        p_beat = prediction.prob_above(threshold)
-        judged = {"trial_id": trial_id, "epoch": state.epochs[-1], "prediction": prediction, "threshold": threshold,
-                  "p_beat": p_beat}  # fmt: skip
+        return self._judged_paused(trial_id, trials, prediction, threshold, why, may_thaw=False)
+
+    def _judged_paused(
+        self, trial_id: str, trials: Mapping[str, TrialState], prediction: Prediction, threshold: float | None,
+        why: str, may_thaw: bool,
+    ) -> Decision:  # fmt: skip
+        """The decision on a paused trial with ``prediction`` against ``threshold`` (None: no bar, P = 1)."""
+        p_beat = 1.0 if threshold is None else prediction.prob_above(threshold)
+        judged = {"trial_id": trial_id, "epoch": trials[trial_id].epochs[-1], "prediction": prediction,
+                  "threshold": math.nan if threshold is None else threshold, "p_beat": p_beat}  # fmt: skip
         chance = f"{why}: P(beat k-th best) {p_beat:.3f}"
-        if p_beat < self.hopeless:
+        verdict = self._verdict(p_beat)
+        if verdict == "go" and may_thaw:
+            return Decision(**judged, action="thaw", reason=f"{chance} >= {self.delta}")
+        if (verdict == "stop") if may_thaw else (p_beat < self.hopeless):
             return Decision(**judged, action="stop", reason=f"{chance} < hopeless {self.hopeless}", status="stopped")
         return Decision(**judged, action="pause", reason=f"{chance} < {self.delta}: stays paused", status=PAUSED)
 
