@@ -13,6 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from clp_tune.bench.synthetic import synthetic_bank
+from clp_tune.stopping.boosting import OneRow, trees
 from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import is_complete, trajectories_from_frame, trajectory_features
@@ -170,3 +171,19 @@ def test_in_context_fits_are_deterministic(banks) -> None:
     assert a.predict(probe.upto(6), probe.config, probe.budget, context) == b.predict(
         probe.upto(6), probe.config, probe.budget, context
     )
+
+
+def test_one_row_trees_predict_what_scikit_learn_predicts() -> None:
+    """The flattened ensemble gives scikit-learn's prediction for every row, rows lying on a split's threshold
+    (where float32 rounding decides the branch) and a weighted fit included."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 6))
+    y = np.sin(x[:, 0]) + x[:, 1] * x[:, 2] + rng.normal(scale=0.1, size=400)
+    model = trees(60, 4, 0.1, seed=1).fit(x, y, sample_weight=rng.uniform(0.5, 2, size=400))
+    on_splits = x[:50].copy()
+    for i, estimator in enumerate(model.estimators_[:50]):
+        tree = estimator[0].tree_
+        on_splits[i, tree.feature[0]] = tree.threshold[0]
+    rows = np.concatenate([rng.normal(size=(200, 6)), on_splits])
+    fast = OneRow(model)
+    np.testing.assert_allclose([fast.predict(row) for row in rows], model.predict(rows), rtol=1e-12, atol=1e-12)

@@ -10,7 +10,8 @@ from scipy.stats import norm
 
 from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.stopping.calibration import COVERAGE, ConformalCalibration
-from clp_tune.stopping.context import CONTEXT_FEATURES, SearchContext, context_features
+from clp_tune.stopping.context import CONTEXT_FEATURES, LevelCache, SearchContext, context_features
+from clp_tune.stopping.policy import TrialState, search_context
 from clp_tune.stopping.prior import pooled, task_of
 from clp_tune.stopping.transfer import PREDICTORS, leave_task_out
 
@@ -57,6 +58,28 @@ def test_context_features_are_scale_free() -> None:
         {"stopped": [0.2], "young": [0.5], **{str(i): [0.3] * 4 for i in range(4)}}, {}, frozenset({"stopped"})
     )
     assert sorted(ended.values_at(3)[0]) == pytest.approx([0.2, 0.3, 0.3, 0.3, 0.3])  # not the young one
+
+
+def test_a_search_read_through_its_level_cache_reads_as_a_fresh_one() -> None:
+    """Levels kept from one context to the next give the values computed afresh, as trials grow, end, skip a
+    value and are recorded again from an earlier epoch (a resumed trial)."""
+    rng = np.random.default_rng(3)
+    trials = {str(i): TrialState(budget=12, config={}) for i in range(8)}
+    cache = LevelCache()
+    for step in range(80):
+        state = trials[str(rng.integers(8))]
+        if state.status == "stopped":
+            continue
+        resumed = state.epochs and rng.random() < 0.1
+        epoch = int(rng.integers(1, len(state.epochs) + 1)) if resumed else len(state.epochs) + 1
+        state.record(epoch, {"val_acc": None if rng.random() < 0.1 else float(rng.random())})
+        if rng.random() < 0.05:
+            state.status = "stopped"
+        for reader in trials:
+            cached, fresh = search_context(reader, trials, cache), search_context(reader, trials)
+            for at in range(1, 13):
+                for a, b in zip(cached.values_at(at), fresh.values_at(at), strict=True):
+                    np.testing.assert_array_equal(a, b, err_msg=f"step {step}, reader {reader}, epoch {at}")
 
 
 def test_conformal_calibration_makes_the_interval_honest_and_shrinks_to_the_prior() -> None:

@@ -23,6 +23,7 @@ from clp_tune.stopping.features import FRACTIONS
 #: Coverage of the interval the calibration makes honest.
 COVERAGE = 0.9
 MIN_STD = 0.004  # one validation sample in a few hundred: below this a spread is false precision
+_NOMINAL = float(norm.ppf(0.5 + COVERAGE / 2))  # the normal's half-width of the COVERAGE interval, in stds
 
 
 def fraction_bin(fraction: float) -> int:
@@ -49,8 +50,7 @@ class ConformalCalibration:
         z = np.asarray(seen)
         n = len(z)
         bias = float(z.sum()) / (n + self.strength)  # in units of std
-        nominal = float(norm.ppf(0.5 + COVERAGE / 2))
         level = min(1.0, math.ceil((n + 1) * COVERAGE) / n)  # the split-conformal rank
         empirical = float(np.quantile(np.abs(z - bias), level))
-        factor = (n * empirical + self.strength * nominal) / (n + self.strength) / nominal
+        factor = (n * empirical + self.strength * _NOMINAL) / (n + self.strength) / _NOMINAL
         return mean + bias * std, std * factor

@@ -10,6 +10,10 @@ one search share a budget, so they are compared epoch by epoch.
 The other trials' curves are known up to where they are: a trial that has not reached epoch t yet is left out; a
 trial stopped before t counts with its last value (it was judged hopeless, and leaving it out would make the
 survivors look like the whole search).
+
+A search's context is read at every result, and each read needs every other trial's level at one epoch: a
+:class:`LevelCache` kept across reads computes each trial's level at each epoch once, so a read costs one lookup
+per trial, not a pass over its curve.
 """
 
 from __future__ import annotations
@@ -50,6 +54,26 @@ def level_at(curve: Curve, epoch: int) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+class LevelCache:
+    """Each trial's :func:`level_at` at every epoch it has recorded, computed once per epoch.
+
+    A curve is known by identity: a search's curves only grow by appending, and a trial whose epochs are recorded
+    again (a resumed trial) gets a new list, whose levels are computed afresh.
+    """
+
+    def __init__(self) -> None:
+        self._cached: dict[str, tuple[Curve, list[float]]] = {}
+
+    def levels(self, trial_id: str, curve: Curve) -> list[float]:
+        """``[level_at(curve, 1), ..., level_at(curve, len(curve))]``."""
+        cached = self._cached.get(trial_id)
+        if cached is None or cached[0] is not curve or len(cached[1]) > len(curve):
+            cached = self._cached[trial_id] = (curve, [])
+        levels = cached[1]
+        levels.extend(level_at(curve, epoch) for epoch in range(len(levels) + 1, len(curve) + 1))
+        return levels
+
+
 @dataclass(frozen=True)
 class SearchContext:
     """The other trials of a search as one trial's predictor sees them.
@@ -58,23 +82,38 @@ class SearchContext:
         curves: trial id -> its val_acc per recorded epoch (index i: epoch i+1; None where not finite).
         finals: trial id -> final val_acc, for the trials that finished their budget.
         ended: trials that will report no more epochs (stopped, diverged): counted with their last value.
+        cache: the search's levels kept across contexts (None: computed for this context alone).
     """
 
     curves: Mapping[str, Curve]
     finals: Mapping[str, float] = field(default_factory=dict)
     ended: frozenset[str] = frozenset()
+    cache: LevelCache | None = field(default=None, compare=False, repr=False)
+    _read: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, init=False, compare=False,
+                                                            repr=False)  # fmt: skip
 
     def values_at(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """The other trials' levels at ``epoch`` and :data:`SMOOTH` epochs before (see the module docstring for
-        who counts; an ended trial has stopped rising)."""
+        who counts; an ended trial has stopped rising); read once per epoch (the arrays are shared: do not
+        modify them)."""
+        if epoch not in self._read:
+            self._read[epoch] = self._values_at(epoch)
+        return self._read[epoch]
+
+    def _values_at(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        earlier = max(1, epoch - SMOOTH)
         now, before = [], []
         for trial_id, curve in self.curves.items():
-            if len(curve) >= epoch:
-                now.append(level_at(curve, epoch))
-                before.append(level_at(curve, max(1, epoch - SMOOTH)))
-            elif trial_id in self.ended and curve:
-                now.append(level_at(curve, len(curve)))
-                before.append(now[-1])
+            reached = len(curve) >= epoch
+            if not reached and not (curve and trial_id in self.ended):
+                continue
+            if self.cache is not None:
+                levels = self.cache.levels(trial_id, curve)
+                now.append(levels[epoch - 1] if reached else levels[-1])
+                before.append(levels[earlier - 1] if reached else levels[-1])
+            else:
+                now.append(level_at(curve, epoch if reached else len(curve)))
+                before.append(level_at(curve, earlier) if reached else now[-1])
         keep = np.isfinite(now) & np.isfinite(before)
         return np.asarray(now, dtype=float)[keep], np.asarray(before, dtype=float)[keep]
 

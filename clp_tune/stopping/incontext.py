@@ -20,10 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from clp_tune.stopping.boosting import OneRow, trees
 from clp_tune.stopping.context import (
     CONTEXT_FEATURES,
     CONTEXT_MIN,
@@ -43,18 +43,6 @@ ABSOLUTE = frozenset({"val_acc_last", "val_acc_level", "val_acc_max", "curve_ext
 COLUMNS = tuple(c for c in FEATURES if c not in ABSOLUTE) + CONTEXT_FEATURES
 
 
-def trees(n_estimators: int, depth: int, learning_rate: float, seed: int) -> Any:
-    """Gradient-boosted trees as every model of the predictor uses them."""
-    from sklearn.ensemble import GradientBoostingRegressor
-
-    # Plain (not histogram) boosting: predicting one row takes ~0.2 ms instead of ~10 ms of thread start-up;
-    # row and feature subsampling keep a fit on a few thousand rows around a second.
-    return GradientBoostingRegressor(
-        n_estimators=n_estimators, max_depth=depth, learning_rate=learning_rate, subsample=0.7, max_features=0.5,
-        min_samples_leaf=8, random_state=seed,
-    )  # fmt: skip
-
-
 def spread_at(epoch: int, context: SearchContext | None) -> float | None:
     """The search's spread of log-odds at ``epoch`` (the target's unit); None when too few others are there."""
     if context is None:
@@ -67,8 +55,8 @@ def spread_at(epoch: int, context: SearchContext | None) -> float | None:
 class _Fit:
     columns: list[str]
     medians: np.ndarray
-    final: Any
-    error: Any
+    final: OneRow
+    error: OneRow
 
 
 class InContextModel:
@@ -134,7 +122,7 @@ class InContextModel:
             oof[test] = trees(60, 3, 0.1, self.seed + k).fit(x[~test], self._y[~test]).predict(x[test])
         error = trees(50, 2, 0.1, self.seed + 7).fit(x, np.abs(self._y - oof))
         final = trees(200, 4, 0.05, self.seed).fit(x, self._y)
-        return _Fit([COLUMNS[i] for i in index], medians, final, error)
+        return _Fit([COLUMNS[i] for i in index], medians, OneRow(final), OneRow(error))
 
     def predict(self, features: Mapping[str, float], spread: float) -> tuple[float, float] | None:
         """(mean, std) of the final val_acc of a trial with ``features`` in a search of ``spread``
@@ -145,9 +133,9 @@ class InContextModel:
         fit = self._fits[available]
         if fit is None:
             return None
-        x = np.array([[features.get(c, math.nan) for c in fit.columns]], dtype=float)
+        x = np.array([features.get(c, math.nan) for c in fit.columns], dtype=float)
         x = np.where(np.isnan(x), fit.medians, x)
-        final = float(fit.final.predict(x)[0])
-        error = math.sqrt(math.pi / 2) * max(float(fit.error.predict(x)[0]), 0.0)
+        final = fit.final.predict(x)
+        error = math.sqrt(math.pi / 2) * max(fit.error.predict(x), 0.0)
         centre, half = float(logit(features["val_acc_level"])) + spread * final, spread * error
         return expit(centre), (expit(centre + half) - expit(centre - half)) / 2

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from clp_tune.stopping.context import SearchContext
+from clp_tune.stopping.context import LevelCache, SearchContext
 from clp_tune.stopping.features import HISTORY_COLUMNS, planned_epochs
 from clp_tune.stopping.predictor import Prediction, Predictor, ask
 from clp_tune.trial.detectors import DETECTORS as DETECTOR_RULES
@@ -175,17 +175,21 @@ class TrialState:
         return {c: [math.nan if v is None else v for v in values] for c, values in self.history.items()}
 
 
-def search_context(trial_id: str, trials: Mapping[str, TrialState]) -> SearchContext:
+def search_context(trial_id: str, trials: Mapping[str, TrialState], cache: LevelCache | None = None) -> SearchContext:
     """The other trials of the search as ``trial_id``'s predictor sees them: their val_acc so far, the finals of
     the finished ones, and which have ended. A diverged trial's values say nothing of how the search learns (a
     bank holds no diverged curves either), so it is left out. The lists are the states' own, not copies: the
-    context is read at once and never kept."""
-    others = {tid: s for tid, s in trials.items() if tid != trial_id and s.status != "diverged"}
-    return SearchContext(
-        {tid: s.history.get("val_acc", []) for tid, s in others.items()},
-        {tid: s.final for tid, s in others.items() if s.final is not None},
-        frozenset(tid for tid, s in others.items() if s.status in ENDED),
-    )
+    context is read at once and never kept; ``cache`` keeps their levels from one context to the next."""
+    curves, finals, ended = {}, {}, set()
+    for tid, s in trials.items():  # one pass: this runs at every result, over every trial
+        if tid == trial_id or s.status == "diverged":
+            continue
+        curves[tid] = s.history.get("val_acc", [])
+        if s.final is not None:
+            finals[tid] = s.final
+        if s.status in ENDED:
+            ended.add(tid)
+    return SearchContext(curves, finals, frozenset(ended), cache)
 
 
 def _default(option: str) -> Any:
@@ -245,6 +249,7 @@ class TrajectoryPolicy:
         self.noise_factor = noise_factor
         self.freeze_thaw = freeze_thaw
         self.hopeless = hopeless
+        self._levels = LevelCache()  # the trials' levels, read by every decision's context
 
     def decide(
         self, trial_id: str, trials: Mapping[str, TrialState], result: Mapping[str, Any], predictor: Predictor
@@ -261,7 +266,7 @@ class TrajectoryPolicy:
             return Decision(**ruling, action="stop", reason=f"diverged: {diverged}", status="diverged")
         if "val_acc" not in result:
             return Decision(**ruling, action="continue", reason="no val_acc in this result")
-        prediction = ask(predictor, state.series(), state.config, state.budget, search_context(trial_id, trials))
+        prediction = self._predict(trial_id, trials, predictor)
         if state.epochs[-1] >= state.budget:
             return Decision(**ruling, action="continue", reason="budget reached", prediction=prediction)
         if state.thawed_at is not None and state.epochs[-1] <= state.thawed_at:
@@ -290,8 +295,7 @@ class TrajectoryPolicy:
         """A paused trial judged again on new evidence (``why``: what changed): "thaw" when P(beat the k-th best)
         is back to ``delta``, "stop" (for good) below ``hopeless``, else "pause" (stays frozen, its chance
         updated). Like :meth:`decide`, it changes no state."""
-        state = trials[trial_id]
-        prediction = ask(predictor, state.series(), state.config, state.budget, search_context(trial_id, trials))
+        prediction = self._predict(trial_id, trials, predictor)
         threshold = self.threshold(trials, exclude=trial_id)
         return self._judged_paused(trial_id, trials, prediction, threshold, why, may_thaw=True)
 
@@ -321,6 +325,12 @@ class TrajectoryPolicy:
         if (verdict == "stop") if may_thaw else (p_beat < self.hopeless):
             return Decision(**judged, action="stop", reason=f"{chance} < hopeless {self.hopeless}", status="stopped")
         return Decision(**judged, action="pause", reason=f"{chance} < {self.delta}: stays paused", status=PAUSED)
+
+    def _predict(self, trial_id: str, trials: Mapping[str, TrialState], predictor: Predictor) -> Prediction:
+        """``trial_id``'s predicted final, in the context of the other trials of its search."""
+        state = trials[trial_id]
+        context = search_context(trial_id, trials, self._levels)
+        return ask(predictor, state.series(), state.config, state.budget, context)
 
     def _verdict(self, p_beat: float) -> Literal["go", "pause", "stop"]:
         """The one rule :meth:`decide` and :meth:`rejudge` share: go on at P >= delta; with freeze-thaw, pause at

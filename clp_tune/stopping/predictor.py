@@ -31,8 +31,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.special import ndtr, ndtri
 
+from clp_tune.stopping.boosting import OneRow, trees
 from clp_tune.stopping.calibration import MIN_STD, ConformalCalibration
 from clp_tune.stopping.context import SearchContext, context_features
 from clp_tune.stopping.curves import curve_extrapolation
@@ -46,7 +47,7 @@ from clp_tune.stopping.features import (
     trajectories_from_frame,
     trajectory_features,
 )
-from clp_tune.stopping.incontext import InContextModel, spread_at, trees
+from clp_tune.stopping.incontext import InContextModel, spread_at
 from clp_tune.stopping.prior import pooled, suite_banks, task_of
 
 
@@ -58,11 +59,12 @@ class Prediction:
     std: float
 
     def prob_above(self, threshold: float) -> float:
-        """P(final > threshold)."""
-        return float(norm.sf(threshold, loc=self.mean, scale=max(self.std, MIN_STD)))
+        """P(final > threshold). (scipy.special's normal functions: ``scipy.stats.norm`` takes ~50 us a call to
+        read its arguments, and the scheduler asks at every result.)"""
+        return float(ndtr((self.mean - threshold) / max(self.std, MIN_STD)))
 
     def quantile(self, q: float) -> float:
-        return float(norm.ppf(q, loc=self.mean, scale=max(self.std, MIN_STD)))
+        return self.mean + max(self.std, MIN_STD) * float(ndtri(q))
 
 
 @dataclass
@@ -71,11 +73,11 @@ class _Fitted:
 
     columns: list[str]
     medians: np.ndarray
-    gain: Any
-    error: Any
+    gain: OneRow
+    error: OneRow
 
-    def matrix(self, rows: list[dict[str, float]]) -> np.ndarray:
-        x = np.array([[r.get(c, math.nan) for c in self.columns] for r in rows], dtype=float)
+    def row(self, features: Mapping[str, float]) -> np.ndarray:
+        x = np.array([features.get(c, math.nan) for c in self.columns], dtype=float)
         return np.where(np.isnan(x), self.medians, x)
 
 
@@ -256,8 +258,8 @@ class FinalAccuracyPredictor:
                 test = folds == k
                 model = trees(60, 3, 0.1, self.seed + k).fit(xe[~test], ye[~test], sample_weight=we[~test])
                 oof[test] = model.predict(xe[test])
-            error = trees(50, 2, 0.1, self.seed + 7).fit(xe, np.abs(ye - oof), sample_weight=we)
-        gain = trees(200, 4, 0.05, self.seed).fit(x, y, sample_weight=w)
+            error = OneRow(trees(50, 2, 0.1, self.seed + 7).fit(xe, np.abs(ye - oof), sample_weight=we))
+        gain = OneRow(trees(200, 4, 0.05, self.seed).fit(x, y, sample_weight=w))
         return _Fitted(columns, medians, gain, error)
 
     def _incontext_model(self) -> InContextModel:
@@ -295,9 +297,9 @@ class FinalAccuracyPredictor:
             mean = feats["val_acc_level"] + 0.5 * feats["curve_gain"]
             std = math.hypot(feats["curve_disagreement"] + 0.5 * abs(feats["curve_gain"]), 0.15 * remaining)
             return "curve", Prediction(float(np.clip(mean, 0, 1)), max(std, MIN_STD))
-        x = fitted.matrix([feats])
-        gain = float(fitted.gain.predict(x)[0])
-        std = math.sqrt(math.pi / 2) * max(float(fitted.error.predict(x)[0]), 0.0)
+        x = fitted.row(feats)
+        gain = fitted.gain.predict(x)
+        std = math.sqrt(math.pi / 2) * max(fitted.error.predict(x), 0.0)
         return "trees", Prediction(float(np.clip(feats["val_acc_level"] + gain, 0, 1)), max(std, MIN_STD))
 
     def predict(
