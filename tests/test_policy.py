@@ -301,6 +301,7 @@ def test_state_round_trips_exactly_through_snapshot_and_journal(tmp_path: Path) 
     state.trials["a"] = TrialState(budget=4, config={"final": 0.9, "epochs": 4, "lr": 0.01, "optimizer": "sgd"})
     _record(state, store, "a", _rows(range(1, 5)))
     state.trials["a"].status, state.trials["a"].final = "finished", 0.4
+    state.trials["a"].scores = [["trees", 0.5, 0.02, 0.03]]
     state.finished_order.append("a")
     store.snapshot(state)
     assert not (tmp_path / SCHEDULER_JOURNAL_FILE).exists()  # the snapshot holds it all
@@ -309,7 +310,13 @@ def test_state_round_trips_exactly_through_snapshot_and_journal(tmp_path: Path) 
     _record(state, store, "b", _rows(range(1, 4)) + _rows(range(2, 4), val_loss=0.5))  # resumed: 2, 3 again
     state.trials["c"] = TrialState(budget=BUDGET, config={"final": 0.1})
     _record(state, store, "c", [{"epoch": 1, "val_acc": 0.1, "train_loss": math.inf}])  # diverged at once
-    assert len((tmp_path / SCHEDULER_JOURNAL_FILE).read_text().splitlines()) == 6
+    state.trials["d"] = TrialState(budget=2, config={"final": 0.5, "epochs": 2})
+    _record(state, store, "d", _rows(range(1, 3)))
+    state.trials["d"].status, state.trials["d"].final = "finished", 0.2
+    state.trials["d"].scores = [["context", 0.5, -0.1, 0.05], ["context", 1.0, 0.0, 0.01]]
+    state.finished_order.append("d")
+    store.journal(state, "d", None)  # a finish, journaled with its calibration scores as the scheduler does
+    assert len((tmp_path / SCHEDULER_JOURNAL_FILE).read_text().splitlines()) == 9
 
     loaded = StateStore(tmp_path).load()
     assert loaded is not None

@@ -251,6 +251,8 @@ def test_state_survives_restore(fitted_predictor, tmp_path: Path) -> None:
         pickle.loads(pickled_at_start),  # what Tuner.restore does
     ):
         assert resumed._state.trials[trial_id].epochs == [1, 2, 3]
+        finished = [s for s in resumed._state.trials.values() if s.status == "finished"]
+        assert finished and all(s.scores for s in finished)  # its recalibration, as the search stood at each finish
         # Ray resumes the trial from its last checkpoint: it may re-report an epoch
         actions = []
         resumed.on_trial_add(None, FakeTrial(trial_id, cfg))

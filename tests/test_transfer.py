@@ -90,7 +90,7 @@ def test_conformal_calibration_makes_the_interval_honest_and_shrinks_to_the_prio
     errors = rng.normal(0, 0.06, 400)  # the prior's std 0.02 is three times too small
     for i, error in enumerate(errors):
         calibration.add("context", 0.1, float(error), 0.02)
-        if i == 2:
+        if i == 9:
             _, few = calibration.correct("context", 0.1, 0.8, 0.02)
     mean, std = calibration.correct("context", 0.1, 0.8, 0.02)
     assert 0.02 < few < std  # shrunk towards the prior while few have finished

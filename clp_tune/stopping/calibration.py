@@ -2,12 +2,16 @@
 
 A prior fitted on other tasks has a spread that is only a guess on a new one. Every trial this search finishes was
 unseen by the model that judges it, so its standardized residual (final - mean) / std at each budget fraction is
-an exchangeable calibration score: the 90 % quantile of |score| over the finished trials is the factor that makes
-a 90 % interval cover 90 % of them (split conformal prediction). While few trials have finished, the quantile is
-shrunk towards the prior's own (the normal's), and the bias towards none, with ``strength`` pseudo-observations.
+an exchangeable calibration score: the :data:`COVERAGE` quantile of |score| over the finished trials is the
+factor that makes that interval cover as much of them (split conformal prediction). While few trials have
+finished, the quantile is shrunk towards the prior's own (the normal's), and the bias towards none, with
+``strength`` pseudo-observations.
 
 Under early stopping the finished trials are the promising ones, so the correction is tuned where the decisions
-are close. Scores are kept per (model, fraction bin): the curve fallback and the fitted models err differently.
+are close. Each is scored among all the trials of the search as it stood when it finished, not among the finished
+ones alone: those survivors make every trial look worse than it looked to its own decisions, and a prior that is
+optimistic on a new task (one whose curves fall back after a peak, say) would then seem about right. Scores are
+kept per (model, fraction bin): the curve fallback and the fitted models err differently.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from scipy.stats import norm
 
 from clp_tune.stopping.features import FRACTIONS
 
-#: Coverage of the interval the calibration makes honest.
-COVERAGE = 0.9
+#: Coverage of the interval the calibration makes honest. The stopping rule reads the predictive distribution's
+#: tails (pause below P = 5 %, stop for good below 1 %), so the spread is matched to the residuals out there: a
+#: 90 % interval made honest let a narrow spread stop the best trial of a search as hopeless.
+COVERAGE = 0.98
 MIN_STD = 0.004  # one validation sample in a few hundred: below this a spread is false precision
 _NOMINAL = float(norm.ppf(0.5 + COVERAGE / 2))  # the normal's half-width of the COVERAGE interval, in stds
 

@@ -115,6 +115,9 @@ class TrialState:
             since its checkpoint, and those are not judged again (they would freeze it where it was).
         judged_mean: the mean predicted when it was first judged against the bar: a trial that finishes below it
             fell short of its prediction, the new evidence on which the paused trials are judged again.
+        scores: once it finished, the predictor's calibration scores of it
+            (:meth:`~clp_tune.stopping.predictor.FinalAccuracyPredictor.finished_scores`), taken in the search as
+            it stood then; kept, because a restored search cannot see that search again.
     """
 
     budget: int
@@ -129,6 +132,7 @@ class TrialState:
     p_beat: float | None = None
     thawed_at: int | None = None
     judged_mean: float | None = None
+    scores: list[list] | None = None
 
     def record(self, epoch: int, row: Mapping[str, float | None]) -> None:
         """Store the row of ``epoch``; a re-reported epoch (a resumed trial) replaces the old one."""
@@ -326,11 +330,14 @@ class TrajectoryPolicy:
             return Decision(**judged, action="stop", reason=f"{chance} < hopeless {self.hopeless}", status="stopped")
         return Decision(**judged, action="pause", reason=f"{chance} < {self.delta}: stays paused", status=PAUSED)
 
+    def context(self, trial_id: str, trials: Mapping[str, TrialState]) -> SearchContext:
+        """The other trials of ``trial_id``'s search (:func:`search_context`), their levels kept between calls."""
+        return search_context(trial_id, trials, self._levels)
+
     def _predict(self, trial_id: str, trials: Mapping[str, TrialState], predictor: Predictor) -> Prediction:
         """``trial_id``'s predicted final, in the context of the other trials of its search."""
         state = trials[trial_id]
-        context = search_context(trial_id, trials, self._levels)
-        return ask(predictor, state.series(), state.config, state.budget, context)
+        return ask(predictor, state.series(), state.config, state.budget, self.context(trial_id, trials))
 
     def _verdict(self, p_beat: float) -> Literal["go", "pause", "stop"]:
         """The one rule :meth:`decide` and :meth:`rejudge` share: go on at P >= delta; with freeze-thaw, pause at

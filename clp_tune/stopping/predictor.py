@@ -98,6 +98,23 @@ class InContextPredictor(Protocol):
     ) -> Prediction: ...
 
 
+#: A finished trial's calibration score at one cut epoch: [model, budget fraction, final - predicted mean, predicted
+#: std] of the uncalibrated prediction (a list: it is kept in the scheduler's JSON state as it is).
+Score = list
+
+
+@runtime_checkable
+class ScoredPredictor(Protocol):
+    """A predictor whose online recalibration can take a finished trial's scores from the caller, who scores it in
+    the search as that search stood when it finished (:meth:`FinalAccuracyPredictor.finished_scores`)."""
+
+    def finished_scores(self, trajectory: Trajectory, context: SearchContext) -> list[Score]: ...
+
+    def observe_finished(
+        self, rows: pd.DataFrame | Sequence[Trajectory], scores: Sequence[Sequence[Score]] | None = None
+    ) -> None: ...
+
+
 def ask(
     predictor: Predictor, history: History, config: Mapping[str, Any], budget: int, context: SearchContext
 ) -> Prediction:
@@ -119,9 +136,10 @@ class FinalAccuracyPredictor:
 
     Fits are deterministic functions of (bank, the finished trials of the search in order): the gain trees for a
     feature set are fitted on the bank plus the search's trials up to the last refit point, the error trees on
-    the data of the first point with enough trials, the in-context model on the bank alone; a finished trial is
-    scored in the context of the trials finished before it. So a predictor fed the same finished trials in the
-    same order predicts the same, whenever its lazy fits happen (a resumed search relies on this).
+    the data of the first point with enough trials, the in-context model on the bank alone; the recalibration
+    reads each finished trial's scores (given, or taken among the trials finished before it). So a predictor fed
+    the same finished trials and scores in the same order predicts the same, whenever its lazy fits happen (a
+    resumed search relies on this: the scheduler keeps each trial's scores in its state).
 
     Args:
         bank: trajectory bank (frame in the bank schema) to fit the prior on; None for none. Trial ids
@@ -180,19 +198,36 @@ class FinalAccuracyPredictor:
 
     # -- learning -------------------------------------------------------------------------------------------
 
-    def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None:
+    def finished_scores(self, trajectory: Trajectory, context: SearchContext | None) -> list[Score]:
+        """A finished trial's calibration scores: at each cut epoch, the error of the model that would have judged
+        it there, predicting in ``context`` (the other trials of its search, each read at that epoch)."""
+        scores = []
+        for epoch in cut_epochs(trajectory.budget):
+            model, raw = self._raw_predict(trajectory.upto(epoch), trajectory.config, trajectory.budget, context)
+            scores.append([model, epoch / trajectory.budget, trajectory.final - raw.mean, raw.std])
+        return scores
+
+    def observe_finished(
+        self, rows: pd.DataFrame | Sequence[Trajectory], scores: Sequence[Sequence[Score]] | None = None
+    ) -> None:
         """Learn from trials of this search that ran their whole budget (bank-schema rows or trajectories).
 
-        Each is first scored at every fraction by the model that would have judged it, in the context of the
-        trials finished before it (honest out-of-sample residuals that recalibrate bias and spread), then kept
-        for the next refit.
+        Each one's out-of-sample errors (:meth:`finished_scores`) recalibrate bias and spread, and it is kept for
+        the next refit. ``scores``, one list per trajectory, are those errors as the caller took them in the
+        search as it stood when the trial finished -- the context its live decisions saw. Without them a trial is
+        scored among the trials finished before it, which are the survivors of the stopping: among them every
+        trial stands lower than it stood in the search, so its predictions, and its errors, are not the ones the
+        decisions were made with.
         """
         trajectories = trajectories_from_frame(rows) if isinstance(rows, pd.DataFrame) else list(rows)
-        for trajectory in filter(is_complete, trajectories):
-            context = _own_context(self._own)
-            for epoch in cut_epochs(trajectory.budget):
-                model, raw = self._raw_predict(trajectory.upto(epoch), trajectory.config, trajectory.budget, context)
-                self._calibration.add(model, epoch / trajectory.budget, trajectory.final - raw.mean, raw.std)
+        if scores is not None and len(scores) != len(trajectories):
+            raise ValueError(f"need one list of scores per trajectory, got {len(scores)} for {len(trajectories)}")
+        for i, trajectory in enumerate(trajectories):
+            if not is_complete(trajectory):
+                continue
+            taken = scores[i] if scores is not None else self.finished_scores(trajectory, _own_context(self._own))
+            for model, fraction, error, std in taken:
+                self._calibration.add(model, fraction, error, std)
             self._own.append(trajectory)
             if self.refit_every and len(self._own) - self._own_at_fit >= self.refit_every:
                 self._own_at_fit = len(self._own)

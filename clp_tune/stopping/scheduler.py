@@ -31,7 +31,7 @@ from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.features import History, Trajectory, planned_epochs
 from clp_tune.stopping.persistence import SchedulerState, StateStore
 from clp_tune.stopping.policy import PAUSED, Decision, TrajectoryPolicy, TrialState
-from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor, ask
+from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor, ScoredPredictor, ask
 from clp_tune.stopping.prior import pooled
 from clp_tune.stopping.user_banks import load_user_banks
 from clp_tune.vocabulary import TRAJECTORY_OPTIONS
@@ -233,6 +233,11 @@ class TrajectoryScheduler(FIFOScheduler):
         finals = state.history.get("val_acc", [])
         if epochs >= state.budget and finals and finals[-1] is not None:
             state.status, state.final = "finished", float(finals[-1])
+            predictor = self.predictor  # up to date with the trials finished before this one
+            if isinstance(predictor, ScoredPredictor):  # scored in the search as it stands: its decisions' context
+                finished = Trajectory(state.series(), state.config, state.budget)
+                context = self.policy.context(trial.trial_id, self._state.trials)
+                state.scores = predictor.finished_scores(finished, context)
             self._state.finished_order.append(trial.trial_id)
             self._store.journal(self._state, trial.trial_id, None)
             self._rejudge_paused(tune_controller, trial.trial_id, full=state.fell_short())
@@ -318,6 +323,10 @@ class TrajectoryScheduler(FIFOScheduler):
             self._predictor_seen = 0
         for trial_id in self._state.finished_order[self._predictor_seen :]:
             state = self._state.trials[trial_id]
-            self._predictor.observe_finished([Trajectory(state.series(), state.config, state.budget)])
+            finished = [Trajectory(state.series(), state.config, state.budget)]
+            if state.scores is not None and isinstance(self._predictor, ScoredPredictor):
+                self._predictor.observe_finished(finished, scores=[state.scores])
+            else:
+                self._predictor.observe_finished(finished)
         self._predictor_seen = len(self._state.finished_order)
         return self._predictor

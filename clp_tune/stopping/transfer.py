@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm, spearmanr
 
-from clp_tune.stopping.calibration import COVERAGE
 from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.features import is_complete, trajectories_from_frame
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction
 from clp_tune.stopping.prior import pooled, suite_banks
 
 TRANSFER_FRACTIONS = (0.1, 0.25, 0.5)
+#: The predicted interval whose coverage is reported (how often the true final falls in it).
+INTERVAL = 0.9
 #: The predictors compared: the other-tasks prior with the search's context, without a prior, the same prior
 #: judging each trial alone.
 PREDICTORS = ("prior", "no_prior", "prior_alone")
@@ -50,7 +51,7 @@ def _score(
 ) -> pd.DataFrame:
     trajectories = [t for t in trajectories_from_frame(frame) if is_complete(t)]
     finals = [t.final for t in trajectories]
-    half_width = float(norm.ppf(0.5 + COVERAGE / 2))
+    half_width = float(norm.ppf(0.5 + INTERVAL / 2))
     rows = []
     for fraction in fractions:
         epochs = [max(1, round(fraction * t.budget)) for t in trajectories]
