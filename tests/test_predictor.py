@@ -50,9 +50,9 @@ def _no_refit(predictor: FinalAccuracyPredictor) -> Iterator[None]:
 
 def test_prediction_distribution_helpers() -> None:
     p = Prediction(0.8, 0.05)
-    assert p.prob_above(0.8) == pytest.approx(0.5)
+    assert p.prob_above(0.8) == pytest.approx(0.5, abs=1e-4)  # 1 is four spreads away: its cut barely shows
     assert p.prob_above(0.9) < 0.05 < p.prob_above(0.7)
-    assert p.quantile(0.5) == pytest.approx(0.8)
+    assert p.quantile(0.5) == pytest.approx(0.8, abs=1e-4)
     assert Prediction(0.8, 0.0).prob_above(0.81) < 0.01  # a zero spread is floored, never divides by zero
 
 
@@ -187,3 +187,18 @@ def test_one_row_trees_predict_what_scikit_learn_predicts() -> None:
     rows = np.concatenate([rng.normal(size=(200, 6)), on_splits])
     fast = OneRow(model)
     np.testing.assert_allclose([fast.predict(row) for row in rows], model.predict(rows), rtol=1e-12, atol=1e-12)
+
+
+def test_no_chance_of_beating_a_perfect_score() -> None:
+    """Accuracy stops at 1: a perfect bar cannot be beaten, near 1 the chance is the normal's cut off there, and
+    far from 1 it is the normal's."""
+    from scipy.stats import norm, truncnorm
+
+    assert Prediction(0.995, 0.02).prob_above(1.0) == 0.0
+    near = Prediction(0.99, 0.01)
+    cut = truncnorm(-np.inf, (1 - near.mean) / near.std, loc=near.mean, scale=near.std)
+    assert near.prob_above(0.995) == pytest.approx(cut.sf(0.995))
+    assert near.prob_above(0.995) < norm.sf(0.995, near.mean, near.std)
+    assert near.quantile(0.1) == pytest.approx(cut.ppf(0.1))
+    far = Prediction(0.6, 0.05)
+    assert far.prob_above(0.7) == pytest.approx(norm.sf(0.7, 0.6, 0.05), rel=1e-9)
