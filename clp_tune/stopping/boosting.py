@@ -8,6 +8,9 @@ at once, one level per step, with scikit-learn's own comparisons (the row in flo
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,3 +73,28 @@ class OneRow:
     def predict(self, row: np.ndarray) -> float:
         """The model's prediction for one row of features (no NaN: the callers fill gaps with medians)."""
         return self._offset + self._sum(row)
+
+
+@dataclass
+class TreesWithError:
+    """Trees of a target and trees of the size of their errors, fitted on ``columns`` (a trial's missing values
+    filled with the training medians), as the predictor's models are asked about one trial.
+
+    Args:
+        columns: the feature columns, in the trees' order.
+        medians: per column, the training median that fills a missing value.
+        target: trees of the target.
+        error: trees of |target - out-of-fold prediction|.
+    """
+
+    columns: list[str]
+    medians: np.ndarray
+    target: OneRow
+    error: OneRow
+
+    def predict(self, features: Mapping[str, float]) -> tuple[float, float]:
+        """(target, std) for one trial: the error trees fit absolute errors, whose mean is sqrt(2 / pi) std for a
+        normal."""
+        x = np.array([features.get(c, math.nan) for c in self.columns], dtype=float)
+        x = np.where(np.isnan(x), self.medians, x)
+        return self.target.predict(x), math.sqrt(math.pi / 2) * max(self.error.predict(x), 0.0)

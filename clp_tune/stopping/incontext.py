@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from clp_tune.stopping.boosting import OneRow, trees
+from clp_tune.stopping.boosting import OneRow, TreesWithError, trees
 from clp_tune.stopping.context import (
     CONTEXT_FEATURES,
     CONTEXT_MIN,
@@ -49,14 +48,6 @@ def spread_at(epoch: int, context: SearchContext | None) -> float | None:
         return None
     values, _ = context.values_at(epoch)
     return scale(logit(values)) if len(values) >= CONTEXT_MIN else None
-
-
-@dataclass
-class _Fit:
-    columns: list[str]
-    medians: np.ndarray
-    final: OneRow
-    error: OneRow
 
 
 class InContextModel:
@@ -100,14 +91,14 @@ class InContextModel:
         self._y = np.asarray(ys, dtype=float)
         self._task = np.asarray(task_of_row, dtype=int)
         self._trial = np.asarray(trial_of_row, dtype=int)
-        self._fits: dict[frozenset[str], _Fit | None] = {}
+        self._fits: dict[frozenset[str], TreesWithError | None] = {}
 
     @property
     def usable(self) -> bool:
         """Whether any task had enough trials to give the model examples."""
         return len(self._y) > 0
 
-    def _fit(self, available: frozenset[str]) -> _Fit | None:
+    def _fit(self, available: frozenset[str]) -> TreesWithError | None:
         index = [i for i, c in enumerate(COLUMNS) if c in available and not np.all(np.isnan(self._x[:, i]))]
         if not index or not self.usable:
             return None
@@ -122,7 +113,7 @@ class InContextModel:
             oof[test] = trees(60, 3, 0.1, self.seed + k).fit(x[~test], self._y[~test]).predict(x[test])
         error = trees(50, 2, 0.1, self.seed + 7).fit(x, np.abs(self._y - oof))
         final = trees(200, 4, 0.05, self.seed).fit(x, self._y)
-        return _Fit([COLUMNS[i] for i in index], medians, OneRow(final), OneRow(error))
+        return TreesWithError([COLUMNS[i] for i in index], medians, OneRow(final), OneRow(error))
 
     def predict(self, features: Mapping[str, float], spread: float) -> tuple[float, float] | None:
         """(mean, std) of the final val_acc of a trial with ``features`` in a search of ``spread``
@@ -133,9 +124,6 @@ class InContextModel:
         fit = self._fits[available]
         if fit is None:
             return None
-        x = np.array([features.get(c, math.nan) for c in fit.columns], dtype=float)
-        x = np.where(np.isnan(x), fit.medians, x)
-        final = fit.final.predict(x)
-        error = math.sqrt(math.pi / 2) * max(fit.error.predict(x), 0.0)
+        final, error = fit.predict(features)
         centre, half = float(logit(features["val_acc_level"])) + spread * final, spread * error
         return expit(centre), (expit(centre + half) - expit(centre - half)) / 2

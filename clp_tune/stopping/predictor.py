@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
-from clp_tune.stopping.boosting import OneRow, trees
+from clp_tune.stopping.boosting import OneRow, TreesWithError, trees
 from clp_tune.stopping.calibration import MIN_STD, ConformalCalibration
 from clp_tune.stopping.context import SearchContext, context_features
 from clp_tune.stopping.curves import curve_extrapolation
@@ -77,20 +77,6 @@ class Prediction:
 
     def quantile(self, q: float) -> float:
         return self.mean + max(self.std, MIN_STD) * float(ndtri(q * self._below_one()))
-
-
-@dataclass
-class _Fitted:
-    """Trees for one set of available features: the gain still to come and the size of its error."""
-
-    columns: list[str]
-    medians: np.ndarray
-    gain: OneRow
-    error: OneRow
-
-    def row(self, features: Mapping[str, float]) -> np.ndarray:
-        x = np.array([features.get(c, math.nan) for c in self.columns], dtype=float)
-        return np.where(np.isnan(x), self.medians, x)
 
 
 class Predictor(Protocol):
@@ -186,7 +172,7 @@ class FinalAccuracyPredictor:
         ]  # fmt: skip
         self._own: list[Trajectory] = []
         self._own_at_fit = 0  # the search's trials the gain trees are fitted on: self._own[:self._own_at_fit]
-        self._fitted: dict[frozenset[str], _Fitted | None] = {}
+        self._fitted: dict[frozenset[str], TreesWithError | None] = {}
         self._stale: set[frozenset[str]] = set()
         self._examples_cache: dict[int, tuple[list[dict[str, float]], np.ndarray, np.ndarray]] = {}
         self._incontext: InContextModel | None = None
@@ -282,7 +268,7 @@ class FinalAccuracyPredictor:
         step = self.refit_every or 1
         return math.ceil(missing / step) * step
 
-    def _fit(self, available: frozenset[str]) -> _Fitted | None:
+    def _fit(self, available: frozenset[str]) -> TreesWithError | None:
         """Fit gain trees on the shared features; error trees (from 3-fold out-of-fold residuals) once."""
         first = self._first_fit_point()
         if self._own_at_fit < first or len(self._bank) + self._own_at_fit < self.min_trials:
@@ -307,7 +293,7 @@ class FinalAccuracyPredictor:
                 oof[test] = model.predict(xe[test])
             error = OneRow(trees(50, 2, 0.1, self.seed + 7).fit(xe, np.abs(ye - oof), sample_weight=we))
         gain = OneRow(trees(200, 4, 0.05, self.seed).fit(x, y, sample_weight=w))
-        return _Fitted(columns, medians, gain, error)
+        return TreesWithError(columns, medians, gain, error)  # the gain still to come
 
     def _incontext_model(self) -> InContextModel:
         """The in-context model on the bank's tasks, built on first use (it shares the gain trees' examples)."""
@@ -344,9 +330,7 @@ class FinalAccuracyPredictor:
             mean = feats["val_acc_level"] + 0.5 * feats["curve_gain"]
             std = math.hypot(feats["curve_disagreement"] + 0.5 * abs(feats["curve_gain"]), 0.15 * remaining)
             return "curve", Prediction(float(np.clip(mean, 0, 1)), max(std, MIN_STD))
-        x = fitted.row(feats)
-        gain = fitted.gain.predict(x)
-        std = math.sqrt(math.pi / 2) * max(fitted.error.predict(x), 0.0)
+        gain, std = fitted.predict(feats)
         return "trees", Prediction(float(np.clip(feats["val_acc_level"] + gain, 0, 1)), max(std, MIN_STD))
 
     def predict(
