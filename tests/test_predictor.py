@@ -50,7 +50,7 @@ def _no_refit(predictor: FinalAccuracyPredictor) -> Iterator[None]:
 
 def test_prediction_distribution_helpers() -> None:
     p = Prediction(0.8, 0.05)
-    assert p.prob_above(0.8) == pytest.approx(0.5, abs=1e-4)  # 1 is four spreads away: its cut barely shows
+    assert p.prob_above(0.8) == pytest.approx(0.5, abs=1e-4)
     assert p.prob_above(0.9) < 0.05 < p.prob_above(0.7)
     assert p.quantile(0.5) == pytest.approx(0.8, abs=1e-4)
     assert Prediction(0.8, 0.0).prob_above(0.81) < 0.01  # a zero spread is floored, never divides by zero
@@ -189,16 +189,18 @@ def test_one_row_trees_predict_what_scikit_learn_predicts() -> None:
     np.testing.assert_allclose([fast.predict(row) for row in rows], model.predict(rows), rtol=1e-12, atol=1e-12)
 
 
-def test_no_chance_of_beating_a_perfect_score() -> None:
-    """Accuracy stops at 1: a perfect bar cannot be beaten, near 1 the chance is the normal's cut off there, and
-    far from 1 it is the normal's."""
+def test_no_chance_of_beating_a_perfect_score_and_a_perfect_score_beats_the_rest() -> None:
+    """Accuracy stops at 1: the normal is censored there. A perfect bar cannot be beaten; the mass above 1 is a
+    perfect score, which beats any lower bar; so a wide prediction keeps its chance of beating a bar near 1 (a
+    normal cut off at 1 all but lost it: its mass above 1 went to the whole range below)."""
     from scipy.stats import norm, truncnorm
 
     assert Prediction(0.995, 0.02).prob_above(1.0) == 0.0
     near = Prediction(0.99, 0.01)
-    cut = truncnorm(-np.inf, (1 - near.mean) / near.std, loc=near.mean, scale=near.std)
-    assert near.prob_above(0.995) == pytest.approx(cut.sf(0.995))
-    assert near.prob_above(0.995) < norm.sf(0.995, near.mean, near.std)
-    assert near.quantile(0.1) == pytest.approx(cut.ppf(0.1))
-    far = Prediction(0.6, 0.05)
-    assert far.prob_above(0.7) == pytest.approx(norm.sf(0.7, 0.6, 0.05), rel=1e-9)
+    assert near.prob_above(0.995) == pytest.approx(norm.sf(0.995, near.mean, near.std))
+    assert near.quantile(0.1) == pytest.approx(norm.ppf(0.1, near.mean, near.std))
+    assert near.quantile(0.9) == 1.0  # the normal's 90 % point lies above 1: a perfect score
+    wide = Prediction(0.9, 0.15)
+    cut = truncnorm(-np.inf, (1 - wide.mean) / wide.std, loc=wide.mean, scale=wide.std)
+    assert wide.prob_above(0.993) == pytest.approx(norm.sf(0.993, 0.9, 0.15))
+    assert wide.prob_above(0.993) > 0.25 > 0.05 > cut.sf(0.993)

@@ -53,30 +53,26 @@ from clp_tune.stopping.prior import pooled, suite_banks, task_of
 
 @dataclass(frozen=True)
 class Prediction:
-    """Predictive distribution of the final validation accuracy: a normal of ``mean`` and ``std`` cut off at 1.
+    """Predictive distribution of the final validation accuracy: a normal of ``mean`` and ``std`` censored at 1.
 
-    No accuracy exceeds 1, so the normal's mass above it is not a chance of beating anything: where the bar is a
-    perfect score (several tasks have trials that end at 1.0), nothing can beat it, and near 1 the chance is
-    that of landing between the bar and 1. (scipy.special's normal functions: ``scipy.stats`` takes ~50 us a
-    call to read its arguments, and the scheduler asks at every result.)
+    No accuracy exceeds 1: the normal's mass above 1 is the chance of a perfect score (several tasks have trials
+    that end at 1.0). So a perfect bar cannot be beaten, and a bar just below 1 is beaten by a perfect score. (A
+    normal *cut off* at 1 instead spreads that mass over the whole range below: a wide prediction then all but
+    never beats a bar near 1, whatever the trial.) scipy.special's normal functions: ``scipy.stats`` takes ~50 us
+    a call to read its arguments, and the scheduler asks at every result.
     """
 
     mean: float
     std: float
 
-    def _below_one(self) -> float:
-        return float(ndtr((1.0 - self.mean) / max(self.std, MIN_STD)))
-
     def prob_above(self, threshold: float) -> float:
         """P(final > threshold)."""
-        scale = max(self.std, MIN_STD)
-        below_one = self._below_one()
-        if below_one <= 0.0:  # the mean far above 1: nothing is known below it
-            return float(threshold < 1.0)
-        return max(0.0, below_one - float(ndtr((threshold - self.mean) / scale))) / below_one
+        if threshold >= 1.0:
+            return 0.0
+        return float(ndtr((self.mean - threshold) / max(self.std, MIN_STD)))
 
     def quantile(self, q: float) -> float:
-        return self.mean + max(self.std, MIN_STD) * float(ndtri(q * self._below_one()))
+        return min(1.0, self.mean + max(self.std, MIN_STD) * float(ndtri(q)))
 
 
 class Predictor(Protocol):
