@@ -15,8 +15,15 @@ point. Four ingredients, from cheapest to most informed:
 * the in-context model (:mod:`clp_tune.stopping.incontext`), fitted on the bank's tasks: the trial's position
   among the other trials of its search at the same epoch maps to its final in units of that search, so a prior
   fitted on other tasks applies to a new one. Used whenever the search has enough trials at the trial's epoch;
+* the search's own evidence (:mod:`clp_tune.stopping.search_line`): once a few trials of this search have
+  finished, a line from their level at epoch t to their final, in log-odds. Pooled with the models above by
+  :func:`pool`, it weighs more with every trial the search finishes, so what a prior of other tasks gets wrong
+  about this one stops mattering;
 * online recalibration from the trials this search has finished (:mod:`clp_tune.stopping.calibration`): each is
   a fresh out-of-sample test of the model that would have judged it, at each fraction.
+
+No prediction is sharper than the measurement it predicts: a final is one epoch's val_acc, which moves from epoch to
+epoch by the trial's own jitter, so that jitter floors the spread (:func:`measurement_noise`).
 
 Each tree model is fitted (and cached) for the set of feature columns a trial actually has.
 """
@@ -35,7 +42,7 @@ from scipy.special import ndtr, ndtri
 
 from clp_tune.stopping.boosting import OneRow, TreesWithError, trees
 from clp_tune.stopping.calibration import MIN_STD, ConformalCalibration
-from clp_tune.stopping.context import SearchContext, context_features
+from clp_tune.stopping.context import SearchContext, context_features, expit, level_at, logit
 from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import (
     FEATURES,
@@ -49,6 +56,13 @@ from clp_tune.stopping.features import (
 )
 from clp_tune.stopping.incontext import InContextModel, spread_at
 from clp_tune.stopping.prior import pooled, suite_banks, task_of
+from clp_tune.stopping.search_line import LinePrediction, SearchLine
+
+#: The prior's weight in :func:`pool`, in finished trials of the search: after this many, the search's own line
+#: weighs as much as the models fitted on other tasks.
+PRIOR_TRIALS = 10
+#: Epochs whose epoch-to-epoch changes measure a trial's jitter (:func:`measurement_noise`).
+_JITTER_EPOCHS = 6
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,41 @@ class Prediction:
 
     def quantile(self, q: float) -> float:
         return min(1.0, self.mean + max(self.std, MIN_STD) * float(ndtri(q)))
+
+    def log_odds(self) -> tuple[float, float]:
+        """The mean and variance of logit(final), the inverse of :meth:`from_log_odds`: the half-width h whose
+        interval logit(mean) +- h maps back to mean +- std (expit(m + h) - expit(m - h) = sinh h / (cosh m + cosh h),
+        a quadratic in e^h)."""
+        centre = float(logit(float(np.clip(self.mean, 1e-3, 1 - 1e-3))))
+        width, stretch = min(2 * max(self.std, MIN_STD), 0.999), math.cosh(centre)
+        half = math.log((width * stretch + math.sqrt((width * stretch) ** 2 + 1 - width**2)) / (1 - width))
+        return centre, half**2
+
+    @classmethod
+    def from_log_odds(cls, mean: float, variance: float) -> Prediction:
+        """The prediction whose logit(final) has ``mean`` and ``variance``: its spread is the half-width of the
+        one-sigma interval mapped back to accuracies."""
+        half = math.sqrt(variance)
+        return cls(expit(mean), max((expit(mean + half) - expit(mean - half)) / 2, MIN_STD))
+
+
+def pool(prior: Prediction, line: LinePrediction) -> Prediction:
+    """The prior's prediction and the search's line, pooled in log-odds (a log-linear pool: precisions weighted by
+    the prior's share 1 - w and the line's w = n / (n + :data:`PRIOR_TRIALS`), which sum to 1): never sharper than
+    the sharper of the two, and moving from the prior to the line as the search finishes trials."""
+    weight = line.trials / (line.trials + PRIOR_TRIALS)
+    mean, variance = prior.log_odds()
+    precision = (1 - weight) / variance + weight / line.variance
+    centre = ((1 - weight) * mean / variance + weight * line.mean / line.variance) / precision
+    return Prediction.from_log_odds(centre, 1 / precision)
+
+
+def measurement_noise(val_acc: Sequence[float]) -> float:
+    """The noise of one epoch's val_acc: the spread of the last few epoch-to-epoch changes over sqrt(2) (0 with
+    fewer than three epochs)."""
+    values = np.asarray(val_acc[-_JITTER_EPOCHS:], dtype=float)
+    values = values[np.isfinite(values)]
+    return float(np.std(np.diff(values))) / math.sqrt(2) if len(values) > 2 else 0.0
 
 
 class Predictor(Protocol):
@@ -173,6 +222,7 @@ class FinalAccuracyPredictor:
         self._examples_cache: dict[int, tuple[list[dict[str, float]], np.ndarray, np.ndarray]] = {}
         self._incontext: InContextModel | None = None
         self._calibration = ConformalCalibration()
+        self._line = SearchLine()
 
     def __deepcopy__(self, memo: dict) -> FinalAccuracyPredictor:
         """A copy with its own online state that shares what never changes after creation: the bank's
@@ -183,6 +233,7 @@ class FinalAccuracyPredictor:
         new._stale = set(self._stale)
         new._examples_cache = dict(self._examples_cache)
         new._calibration = copy.deepcopy(self._calibration, memo)
+        new._line = copy.deepcopy(self._line, memo)
         return new
 
     @property
@@ -223,6 +274,7 @@ class FinalAccuracyPredictor:
             for model, fraction, error, std in taken:
                 self._calibration.add(model, fraction, error, std)
             self._own.append(trajectory)
+            self._line.add(trajectory.history["val_acc"], trajectory.budget)
             if self.refit_every and len(self._own) - self._own_at_fit >= self.refit_every:
                 self._own_at_fit = len(self._own)
                 self._stale = set(self._fitted)  # refitted lazily, per feature set, on the next prediction
@@ -307,7 +359,18 @@ class FinalAccuracyPredictor:
     def _raw_predict(
         self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext | None
     ) -> tuple[str, Prediction]:
-        """The uncalibrated prediction and the model that made it: ``context``, ``trees`` or ``curve``."""
+        """The uncalibrated prediction and the model that made it: the prior's (:meth:`_prior_predict`), pooled with
+        the search's line once it has one at this epoch (``<model>+line``)."""
+        model, prior = self._prior_predict(history, config, budget, context)
+        epoch = len(history["val_acc"])
+        line = self._line.predict(level_at(history["val_acc"], epoch), epoch, budget)
+        return (model, prior) if line is None else (f"{model}+line", pool(prior, line))
+
+    def _prior_predict(
+        self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext | None
+    ) -> tuple[str, Prediction]:
+        """The prediction of the models fitted on the bank (and refitted with the search's trials), and which one
+        made it: ``context``, ``trees`` or ``curve``."""
         feats = trajectory_features(history, config, budget)
         spread = spread_at(len(history["val_acc"]), context)
         if spread is not None and self._bank:
@@ -348,7 +411,7 @@ class FinalAccuracyPredictor:
         budget = budget or planned_epochs(config, len(history["val_acc"]))
         model, raw = self._raw_predict(history, config, budget, context)
         mean, std = self._calibration.correct(model, len(history["val_acc"]) / budget, raw.mean, raw.std)
-        return Prediction(float(np.clip(mean, 0, 1)), max(std, MIN_STD))
+        return Prediction(float(np.clip(mean, 0, 1)), max(std, measurement_noise(history["val_acc"]), MIN_STD))
 
     def predict_in_context(
         self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext
