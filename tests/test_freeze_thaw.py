@@ -10,10 +10,11 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from clp_tune.bench.simulator import SimController, SimTrial
-from clp_tune.stopping.persistence import compact, read_decisions, stopped_outcomes
+from clp_tune.stopping.persistence import StateStore, compact, read_decisions, stopped_outcomes
 from clp_tune.stopping.predictor import Prediction
 from clp_tune.stopping.scheduler import TrajectoryScheduler
 from clp_tune.vocabulary import DECISIONS_FILE
@@ -132,6 +133,37 @@ def test_an_idle_slot_thaws_the_likeliest_paused_trial_one_epoch_at_a_time(tmp_p
     assert reasons[2].startswith("a slot would idle")
 
 
+def test_each_paused_trial_gets_one_idle_epoch_then_the_search_is_over(tmp_path: Path) -> None:
+    """b had its epoch for an idle slot and stayed unlikely: another would repeat the verdict, so while the searcher
+    may still suggest a trial nothing happens, and once it has none left, nothing runs and nothing waits, b is
+    stopped for good and the search can end. The probe survives a restore."""
+    sched, controller, b = idle_thawed(tmp_path)
+    assert report(sched, controller, b, 3) == TrialScheduler.PAUSE
+    ended: list[SimTrial] = []
+    controller._end_paused = ended.append
+    assert sched.choose_trial_to_run(controller) is None and ended == []  # the searcher is not done yet
+    assert StateStore(tmp_path).load().trials["b"].probed  # journaled: a restored search does not probe it again
+    controller.search_alg.finished = True
+    assert sched.choose_trial_to_run(controller) is None
+    assert ended == [b] and sched._state.trials["b"].status == "stopped"
+    last = sched.decisions_frame().query("trial_id == 'b'").iloc[-1]
+    assert last["action"] == "stop" and last["reason"].startswith("the search is over")
+    assert stopped_outcomes(tmp_path) == {"b": "stopped"}
+
+
+def test_a_running_trial_keeps_the_search_going(tmp_path: Path) -> None:
+    """Nothing is ended while another trial runs: its end may be new evidence that thaws the paused ones."""
+    sched, controller, b = idle_thawed(tmp_path)
+    assert report(sched, controller, b, 3) == TrialScheduler.PAUSE
+    controller.search_alg.finished = True
+    controller._end_paused = lambda trial: pytest.fail("ended while a trial runs")
+    c = add(sched, controller, "c")
+    c.status = "RUNNING"
+    controller.search_alg.max_concurrent = 2  # a free slot, and b already had its idle epoch
+    assert sched.choose_trial_to_run(controller) is None
+    assert sched._state.trials["b"].status == "paused"
+
+
 def test_a_trial_that_raises_the_bar_ends_hopeless_paused_trials_without_asking_the_predictor(tmp_path) -> None:
     """d finishes as predicted (0.9): no new evidence, only a higher bar; b's latest prediction scores P < hopeless
     against it, so b is stopped for good, and the predictor is not asked about b again."""
@@ -193,6 +225,49 @@ def test_a_real_search_thaws_a_paused_trial_from_its_checkpoint(ray_local, tmp_p
     assert b_rows["action"].tolist()[:3] == ["continue", "pause", "thaw"]
     assert "trial" in b_rows["reason"].tolist()[2] and "finished" in b_rows["reason"].tolist()[2]
     assert stopped_outcomes(state_dir) == {}
+
+
+def test_a_real_search_ends_a_paused_trial_that_nothing_thawed(ray_local, tmp_path: Path, monkeypatch) -> None:
+    """a sets the bar, b is paused, gets its one idle epoch, stays unlikely: with nothing left to run, Tune's
+    search ends (a paused trial would keep it alive for ever) and b is stopped from its state, not errored."""
+    monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from ray import tune
+
+    from clp_tune.stopping.slots import FrozenSlotsVariantGenerator
+
+    def trainable(config: dict) -> None:
+        checkpoint = tune.get_checkpoint()
+        start = 0
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                start = int(Path(directory, "epoch").read_text())
+        for epoch in range(start + 1, BUDGET + 1):
+            with tempfile.TemporaryDirectory() as directory:
+                Path(directory, "epoch").write_text(str(epoch))
+                metrics = {"epoch": epoch, "val_acc": CURVES[config["name"]][epoch - 1]}
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    state_dir = tmp_path / "state"
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"name": tune.grid_search(["a", "b"])},
+        tune_config=tune.TuneConfig(
+            metric="val_acc", mode="max", scheduler=scheduler(state_dir),
+            search_alg=FrozenSlotsVariantGenerator(max_concurrent=1),
+        ),
+        run_config=tune.RunConfig(name="over", storage_path=str(tmp_path / "runs"), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )  # fmt: skip
+    results = tuner.fit()
+    assert not results.errors
+    epochs = {r.config["name"]: r.metrics_dataframe["epoch"].tolist() for r in results}
+    assert epochs == {"a": list(range(1, BUDGET + 1)), "b": [1, 2, 3]}  # paused at 2, one idle epoch, then over
+    compact(state_dir)
+    decisions = read_decisions(state_dir / DECISIONS_FILE)
+    b_id = next(r.metrics["trial_id"] for r in results if r.config["name"] == "b")
+    actions = decisions.loc[decisions["trial_id"] == b_id, "action"].tolist()
+    assert actions == ["continue", "pause", "thaw", "pause", "stop"]
+    assert stopped_outcomes(state_dir) == {b_id: "stopped"}
 
 
 def test_epochs_re_run_after_a_thaw_are_not_judged_again(tmp_path: Path) -> None:

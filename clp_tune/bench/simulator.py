@@ -8,7 +8,8 @@ ordered by (time, sequence) so that ties resolve the same way every time:
 
 * ``set_search_properties(metric, mode)`` once, before any trial (``tune.run`` does);
 * the searcher creates a trial only while fewer than ``workers`` trials are live, i.e. not terminated (Tune's
-  ``max_concurrent_trials``); each new trial gets ``on_trial_add``; trials are created in the given order;
+  ``max_concurrent_trials``); each new trial gets ``on_trial_add``; trials are created in the given order; once
+  the order is spent the searcher is finished (``search_alg.is_finished()``);
 * a free slot is given to the trial ``choose_trial_to_run`` picks (``FIFOScheduler``'s: pending first, then
   paused); it reports its next recorded row one time unit later;
 * each result goes to ``on_trial_result``: CONTINUE schedules the next row; STOP ends the trial with
@@ -74,11 +75,15 @@ class SimTrial:
 
 @dataclass
 class SimSearch:
-    """What the trajectory scheduler reads of the search's limit (:mod:`clp_tune.stopping.slots`): its slots and
-    the trials it no longer counts (frozen)."""
+    """What the trajectory scheduler reads of the search's limit (:mod:`clp_tune.stopping.slots`): its slots, the
+    trials it no longer counts (frozen), and whether it has suggested its last trial (Tune's ``is_finished``)."""
 
     max_concurrent: int
     frozen: frozenset[str] = frozenset()
+    finished: bool = False
+
+    def is_finished(self) -> bool:
+        return self.finished
 
 
 class SimController:
@@ -163,7 +168,11 @@ def simulate(
 
     def fill_slots() -> None:
         nonlocal live, running
-        while live - _frozen_live(controller) < workers and (trial_id := next(to_create, None)) is not None:
+        while live - _frozen_live(controller) < workers:
+            trial_id = next(to_create, None)
+            if trial_id is None:
+                controller.search_alg.finished = True
+                break
             trial = SimTrial(str(trial_id), {"trial_id": str(trial_id)})
             controller.get_trials().append(trial)
             controller.by_id[trial.trial_id] = trial

@@ -127,6 +127,7 @@ class StateStore:
             trial.pred_mean, trial.pred_std = line["pred_mean"], line.get("pred_std")
             trial.p_beat, trial.thawed_at = line.get("p_beat"), line.get("thawed_at")
             trial.judged_mean, trial.scores = line.get("judged_mean"), line.get("scores")
+            trial.probed = line.get("probed", False)
             if trial.status == "finished" and trial_id not in state.finished_order:
                 state.finished_order.append(trial_id)
             self._since_snapshot += 1
@@ -149,7 +150,7 @@ class StateStore:
             "row": {c: v[-1] for c, v in trial.history.items()}, "epoch": trial.epochs[-1] if trial.epochs else None,
             "status": trial.status, "grace": trial.grace, "final": trial.final, "pred_mean": trial.pred_mean,
             "pred_std": trial.pred_std, "p_beat": trial.p_beat, "thawed_at": trial.thawed_at,
-            "judged_mean": trial.judged_mean, "scores": trial.scores,
+            "judged_mean": trial.judged_mean, "scores": trial.scores, "probed": trial.probed,
             "decision": None if decision is None else {k: clean(v) if isinstance(v, float) else v
                                                        for k, v in decision.items()},
         }  # fmt: skip

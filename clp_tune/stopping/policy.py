@@ -115,6 +115,8 @@ class TrialState:
             since its checkpoint, and those are not judged again (they would freeze it where it was).
         judged_mean: the mean predicted when it was first judged against the bar: a trial that finishes below it
             fell short of its prediction, the new evidence on which the paused trials are judged again.
+        probed: whether a slot that would have idled already ran it one more epoch (a paused trial gets one such
+            epoch: a chance that stays below ``delta`` after it is not worth another).
         scores: once it finished, the predictor's calibration scores of it
             (:meth:`~clp_tune.stopping.predictor.FinalAccuracyPredictor.finished_scores`), taken in the search as
             it stood then; kept, because a restored search cannot see that search again.
@@ -133,6 +135,7 @@ class TrialState:
     thawed_at: int | None = None
     judged_mean: float | None = None
     scores: list[list] | None = None
+    probed: bool = False
 
     def record(self, epoch: int, row: Mapping[str, float | None]) -> None:
         """Store the row of ``epoch``; a re-reported epoch (a resumed trial) replaces the old one."""

@@ -13,8 +13,12 @@ finishes, every paused trial is judged again (:meth:`~clp_tune.stopping.policy.T
 whose chance is back to ``delta`` is queued to thaw, a hopeless one is ended with ``stop_trial``.
 ``choose_trial_to_run`` (the only way a paused trial runs again) gives a free slot to the queued thaws first
 (likeliest first), then to new trials, and, when no new trial is waiting and a slot would idle, to the likeliest
-paused trial, which then runs one more epoch before it is judged again. A restored search gets its paused trials
-back as PENDING; they are set to PAUSED again before anything runs.
+paused trial that has not had such an epoch yet: it runs one more epoch and is judged again. Once one epoch has
+not lifted its chance to ``delta``, another would only spend a slot on the same verdict (it did: a loop of such
+epochs ran paused trials to the end one epoch at a time), so each paused trial gets one. When the search is over
+-- the searcher has nothing left, nothing runs, nothing waits to thaw and every paused trial has had its epoch --
+the paused trials are stopped for good, and the search ends. A restored search gets its paused trials back as
+PENDING; they are set to PAUSED again before anything runs.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ if TYPE_CHECKING:
 
 def _scalar_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool)) or v is None}
+
+
+def _searcher_done(tune_controller: TuneController) -> bool:
+    """Whether the searcher will suggest no more trials (a search without a searcher that says: done)."""
+    finished = getattr(getattr(tune_controller, "search_alg", None), "is_finished", None)
+    return True if finished is None else bool(finished())
 
 
 def _slots(tune_controller: TuneController | None) -> Any:
@@ -197,8 +207,9 @@ class TrajectoryScheduler(FIFOScheduler):
         return TrialScheduler.STOP if decision.action == "stop" else TrialScheduler.CONTINUE
 
     def choose_trial_to_run(self, tune_controller: TuneController) -> Trial | None:
-        """Queued thaws first, then new trials, then (a slot would idle) the likeliest paused trial (module
-        docstring). Idempotent: a second call without a change in between returns the same trial."""
+        """Queued thaws first, then new trials, then (a slot would idle) the likeliest paused trial not yet given
+        an epoch that way; once the search is over, the paused trials end (module docstring). Idempotent: a second
+        call without a change in between returns the same trial."""
         pending, thaws, frozen, running = None, [], [], 0
         for trial in tune_controller.get_trials():
             state = self._state.trials.get(trial.trial_id)
@@ -218,12 +229,28 @@ class TrajectoryScheduler(FIFOScheduler):
         limit = getattr(_slots(tune_controller), "max_concurrent", 0) or None
         if not frozen or (limit is not None and running >= limit):
             return None
-        chosen = max(frozen, key=self._chance)
+        unprobed = [t for t in frozen if not self._state.trials[t.trial_id].probed]
+        if not unprobed:
+            if running == 0 and _searcher_done(tune_controller):
+                self._end_paused(tune_controller, frozen)
+            return None
+        chosen = max(unprobed, key=self._chance)
         state = self._state.trials[chosen.trial_id]
+        state.probed = True
         self._keep(Decision(chosen.trial_id, state.epochs[-1], "thaw", "a slot would idle: the likeliest paused "
                             "trial runs one more epoch", p_beat=self._chance(chosen)))  # fmt: skip
         self._freeze_slots(tune_controller)
         return chosen
+
+    def _end_paused(self, tune_controller: TuneController, paused: Sequence[Trial]) -> None:
+        """The search is over: stop the paused trials for good (each had its epoch for an idle slot)."""
+        for trial in paused:
+            state = self._state.trials[trial.trial_id]
+            reason = "the search is over: nothing runs or waits, and one more epoch did not lift its chance to delta"
+            self._keep(Decision(trial.trial_id, state.epochs[-1], "stop", reason, status="stopped",
+                                p_beat=self._chance(trial)))  # fmt: skip
+            tune_controller.stop_trial(trial)
+        self._freeze_slots(tune_controller)
 
     def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict) -> None:
         state = self._state.trials.get(trial.trial_id)
