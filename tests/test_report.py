@@ -434,3 +434,33 @@ def test_every_searched_parameter_gets_an_adjusted_effect_from_all_trials(trajec
     assert "lr" in rows and "batch_size=64" in rows and "mixup_off=2" in rows
     assert not any(row.startswith("seed") for row in rows)
     assert "trials with an outcome" in section and "significant" in section
+
+
+def test_freeze_thaw_table_counts_each_way_a_paused_trial_ended() -> None:
+    """a: paused, thawed on new evidence, finished. b: paused, one idle epoch, stopped when the search was over.
+    c: paused, stopped as hopeless when a trial finished. d: paused when the run was interrupted."""
+    from clp_tune.report.scheduler import _freeze_thaw
+
+    rows = [
+        ("a", 2, "pause", "P(beat k-th best) 0.030 < 0.05: paused"),
+        ("a", 2, "thaw", "trial x finished below its prediction: P(beat k-th best) 0.200 >= 0.05"),
+        ("b", 3, "pause", "P(beat k-th best) 0.020 < 0.05: paused"),
+        ("b", 3, "thaw", "a slot would idle: the likeliest paused trial runs one more epoch"),
+        ("b", 4, "pause", "P(beat k-th best) 0.030 < 0.05: paused"),
+        ("b", 4, "stop", "the search is over: nothing runs or waits, and one more epoch did not lift its chance"),
+        ("c", 2, "pause", "P(beat k-th best) 0.020 < 0.05: paused"),
+        ("c", 2, "stop", "trial x finished below its prediction: P(beat k-th best) 0.001 < hopeless 0.01"),
+        ("d", 2, "pause", "P(beat k-th best) 0.020 < 0.05: paused"),
+    ]
+    decisions = pd.DataFrame(rows, columns=["trial_id", "epoch", "action", "reason"])
+    html = _freeze_thaw(decisions, pd.DataFrame({"val_acc": [0.9]}, index=["a"]))
+    counts = dict(re.findall(r'<tr><td data-value="([^"]+)">[^<]*</td><td data-value="(\d+)">', html))
+    assert counts == {
+        "paused at least once": "4",
+        "thawed on new evidence (a trial finished)": "1",
+        "thawed for a slot that would idle": "1",
+        "thawed and then finished their budget": "1",
+        "paused when the run ended (counted as stopped)": "1",
+        "stopped for good while paused (hopeless)": "1",
+        "stopped when the search was over (unlikely after an idle epoch)": "1",
+    }

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from clp_tune.report.markup import BEST_COLOR, Page, note, table
 from clp_tune.report.run import Run
 from clp_tune.report.statistics import decisions_near, spearman
-from clp_tune.vocabulary import DECISIONS_FILE
+from clp_tune.vocabulary import DECISIONS_FILE, IDLE_THAW_REASON, SEARCH_OVER_REASON
 
 #: Budget fractions at which the predictor is back-tested on finished trials.
 BACKTEST_FRACTIONS = (0.10, 0.25, 0.50)
@@ -62,12 +62,14 @@ def _freeze_thaw(decisions: pd.DataFrame, finished: pd.DataFrame) -> str:
     if not paused:
         return heading + note("No trial was paused.")
     thaws = decisions[decisions["action"] == "thaw"]
-    idle = thaws["reason"].str.startswith("a slot would idle")
+    idle = thaws["reason"].str.startswith(IDLE_THAW_REASON)
     thawed = set(thaws["trial_id"])
     last = decisions.groupby("trial_id")["action"].last()
     frozen_at_end = {tid for tid in paused if last.get(tid) == "pause"}
-    rejudged = decisions["reason"].str.contains(" finished: ", regex=False)  # judged again while paused
-    hopeless = (decisions["action"] == "stop") & rejudged
+    previous = decisions.groupby("trial_id")["action"].shift()
+    stopped_paused = (decisions["action"] == "stop") & (previous == "pause")
+    over = stopped_paused & decisions["reason"].str.startswith(SEARCH_OVER_REASON)
+    hopeless = stopped_paused & ~over  # judged again while paused (a trial finished) and found hopeless
     rows = [
         ["paused at least once", len(paused)],
         ["thawed on new evidence (a trial finished)", thaws.loc[~idle, "trial_id"].nunique()],
@@ -75,12 +77,14 @@ def _freeze_thaw(decisions: pd.DataFrame, finished: pd.DataFrame) -> str:
         ["thawed and then finished their budget", len(thawed & set(finished.index))],
         ["paused when the run ended (counted as stopped)", len(frozen_at_end)],
         ["stopped for good while paused (hopeless)", decisions.loc[hopeless, "trial_id"].nunique()],
+        ["stopped when the search was over (unlikely after an idle epoch)", decisions.loc[over, "trial_id"].nunique()],
     ]
     return (
         heading
         + note(
             "A trial unlikely to win is paused (its checkpoint kept) rather than stopped, judged again whenever a "
-            "trial finishes, and thawed when its chance is back or a slot would otherwise idle."
+            "trial finishes, and thawed when its chance is back; a slot that would otherwise idle runs it one more "
+            "epoch, once. Paused trials still unlikely when the search is over are stopped."
         )
         + table(["trials", "count"], rows)
     )

@@ -8,10 +8,10 @@ the search (:func:`search_context`: a prior fitted on other tasks reads a trial'
 a trial once that falls below ``delta``: with ``freeze_thaw`` it is *paused* (frozen, resumable from its checkpoint)
 rather than stopped, unless the chance is below ``hopeless``. A paused trial is judged again on new evidence
 (:meth:`TrajectoryPolicy.rejudge`, whenever a trial finishes): thawed when its chance is back to ``delta``,
-stopped for good when it fell below ``hopeless``, else left frozen (the scheduler also thaws the likeliest one
-when a slot would idle). The k-th best is taken over the finals of finished trials; while fewer
-than k have finished, the predicted finals of running trials past their grace point fill in (at a pessimistic
-quantile), and with fewer than k values nothing stops.
+stopped for good when it fell below ``hopeless``, else left frozen (the scheduler also gives each paused trial one
+more epoch when a slot would idle, and stops those still frozen when the search is over). The k-th best is taken
+over the finals of finished trials; while fewer than k have finished, the predicted finals of running trials past
+their grace point fill in (at a pessimistic quantile), and with fewer than k values nothing stops.
 A trial is never judged before its grace point:
 
 * ``min_fraction`` of the budget, and no earlier than the epoch the trial's critical-period detector fired

@@ -38,7 +38,7 @@ from clp_tune.stopping.policy import PAUSED, Decision, TrajectoryPolicy, TrialSt
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor, ScoredPredictor, ask
 from clp_tune.stopping.prior import pooled
 from clp_tune.stopping.user_banks import load_user_banks
-from clp_tune.vocabulary import TRAJECTORY_OPTIONS
+from clp_tune.vocabulary import IDLE_THAW_REASON, SEARCH_OVER_REASON, TRAJECTORY_OPTIONS
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -237,7 +237,7 @@ class TrajectoryScheduler(FIFOScheduler):
         chosen = max(unprobed, key=self._chance)
         state = self._state.trials[chosen.trial_id]
         state.probed = True
-        self._keep(Decision(chosen.trial_id, state.epochs[-1], "thaw", "a slot would idle: the likeliest paused "
+        self._keep(Decision(chosen.trial_id, state.epochs[-1], "thaw", f"{IDLE_THAW_REASON}: the likeliest paused "
                             "trial runs one more epoch", p_beat=self._chance(chosen)))  # fmt: skip
         self._freeze_slots(tune_controller)
         return chosen
@@ -246,7 +246,7 @@ class TrajectoryScheduler(FIFOScheduler):
         """The search is over: stop the paused trials for good (each had its epoch for an idle slot)."""
         for trial in paused:
             state = self._state.trials[trial.trial_id]
-            reason = "the search is over: nothing runs or waits, and one more epoch did not lift its chance to delta"
+            reason = f"{SEARCH_OVER_REASON}: nothing runs or waits, and one more epoch did not lift its chance to delta"
             self._keep(Decision(trial.trial_id, state.epochs[-1], "stop", reason, status="stopped",
                                 p_beat=self._chance(trial)))  # fmt: skip
             tune_controller.stop_trial(trial)
