@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 from contextlib import redirect_stdout
@@ -164,6 +165,36 @@ def test_fitting_the_prior_before_the_copies_changes_no_decision() -> None:
             for p in (FinalAccuracyPredictor(prior), warm)]  # fmt: skip
     assert runs[0] == runs[1]
     assert sum(c.epochs for c in runs[0]) < 12 * 8  # it stopped trials: the decisions compared are not all "go on"
+
+
+def test_the_online_spearman_table_learns_a_copy_and_scores_the_other_trials() -> None:
+    """With n trials finished first, a copy of the predictor learns them (the caller's predictor is untouched)
+    and only the other trials are scored; with none, every complete trial is."""
+    bank = synthetic_bank(30, 8, seed=9)
+    predictor = FinalAccuracyPredictor(None)
+    scored: list[int] = []
+
+    class Counting:
+        def __init__(self, inner: FinalAccuracyPredictor) -> None:
+            self.inner = inner
+
+        def __deepcopy__(self, memo: dict) -> Counting:
+            return Counting(copy.deepcopy(self.inner, memo))
+
+        def predict(self, history, config, budget):
+            scored.append(config["trial_id"])
+            return self.inner.predict(history, config, budget)
+
+        def observe_finished(self, rows) -> None:
+            self.inner.observe_finished(rows)
+
+    complete = [t for t in trajectories_from_frame(bank) if t.epochs >= t.budget]
+    spearman_table(bank, {"p": Counting(predictor)}, finished=0)
+    assert len(set(scored)) == len(complete)
+    scored.clear()
+    table = spearman_table(bank, {"p": Counting(predictor)}, finished=10)
+    assert len(set(scored)) == len(complete) - 10 and set(table) == {"p", "last-value"}
+    assert predictor._own == []  # the copy learned them, not the caller's predictor
 
 
 def test_a_bank_outside_the_suite_works_with_every_prior(tmp_path: Path) -> None:

@@ -8,10 +8,12 @@ which no user on a new dataset has, so the benchmark shows it only as an upper b
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
@@ -20,6 +22,8 @@ from clp_tune.stopping.features import History, Trajectory, is_complete, traject
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor, ask, last_value_prediction
 
 SPEARMAN_FRACTIONS = (0.1, 0.25, 0.5)
+#: Trials finished first in the online Spearman table (``spearman_table(..., finished=...)``).
+SPEARMAN_FINISHED = 10
 
 
 class CrossFitPredictor:
@@ -56,29 +60,44 @@ class CrossFitPredictor:
             predictor.observe_finished(rows)
 
 
-def _search(complete: Sequence[Trajectory], member: int, epoch: int, finished: bool) -> SearchContext:
-    """The bank's other complete trials as trial ``member``'s search at ``epoch``: all cut there and running
-    (the start of a search), or all finished, with their finals (late in a search)."""
-    others = {str(j): t for j, t in enumerate(complete) if j != member}
-    if finished:
-        return SearchContext({j: t.history["val_acc"] for j, t in others.items()},
-                             {j: t.final for j, t in others.items()})  # fmt: skip
-    return SearchContext({j: t.history["val_acc"][:epoch] for j, t in others.items()})
+def _search(complete: Sequence[Trajectory], member: int, epoch: int, finished: bool | Collection[int]) -> SearchContext:
+    """The bank's other complete trials as trial ``member``'s search at ``epoch``: the ``finished`` ones (True:
+    all) whole with their finals, the rest cut there and running (all of them: the start of a search)."""
+    done = range(len(complete)) if finished is True else finished or ()
+    others = {j: t for j, t in enumerate(complete) if j != member}
+    curves = {str(j): t.history["val_acc"] if j in done else t.history["val_acc"][:epoch] for j, t in others.items()}
+    return SearchContext(curves, {str(j): t.final for j, t in others.items() if j in done})
 
 
-def spearman_table(bank: pd.DataFrame, predictors: Mapping[str, Predictor]) -> dict[str, dict[str, float]]:
+def spearman_table(
+    bank: pd.DataFrame, predictors: Mapping[str, Predictor], finished: int = 0, seed: int = 0
+) -> dict[str, dict[str, float]]:
     """Spearman rank correlation of predicted vs true final val_acc over the bank's complete trials, at each of
     :data:`SPEARMAN_FRACTIONS` of the budget, for each predictor and for the last value (the baseline a learned
-    predictor must beat). Each trial is predicted in its search as it stands at the start: the bank's other trials
-    cut at the same epoch, none finished; nothing has been learned online."""
+    predictor must beat).
+
+    With ``finished`` = 0, each trial is predicted in its search as it stands at the start: the bank's other trials
+    cut at the same epoch, none finished; nothing has been learned online. With ``finished`` = n, n complete trials
+    (drawn with ``seed``) have finished first: a copy of each predictor learns them in that order (its online
+    recalibration and the search's own line), they stand in every search whole with their finals, and the other
+    trials are the ones scored (a search some way in, before its stopping rule has chosen whom to finish).
+    """
     complete = [t for t in trajectories_from_frame(bank) if is_complete(t)]
-    finals = [t.final for t in complete]
+    drawn = np.random.default_rng(seed).permutation(len(complete))[:finished].tolist()
+    done = set(drawn)
+    if drawn:
+        predictors = {name: copy.deepcopy(p) for name, p in predictors.items()}
+        for predictor in predictors.values():
+            predictor.observe_finished([complete[j] for j in drawn])
+    scored = [i for i in range(len(complete)) if i not in done]
+    finals = [complete[i].final for i in scored]
     table: dict[str, dict[str, float]] = {name: {} for name in [*predictors, "last-value"]}
     for fraction in SPEARMAN_FRACTIONS:
         guesses: dict[str, list[float]] = {name: [] for name in table}
-        for i, t in enumerate(complete):
+        for i in scored:
+            t = complete[i]
             epoch = max(1, round(fraction * t.budget))
-            seen, search = t.upto(epoch), _search(complete, i, epoch, finished=False)
+            seen, search = t.upto(epoch), _search(complete, i, epoch, finished=done)
             for name, predictor in predictors.items():
                 guesses[name].append(ask(predictor, seen, t.config, t.budget, search).mean)
             guesses["last-value"].append(last_value_prediction(seen))

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from clp_tune.bench.baselines import TOP_K_FRACTION, CurveOnlyPredictor, Entry, lineup
-from clp_tune.bench.crossfit import fit_lazy_models, spearman_table
+from clp_tune.bench.crossfit import SPEARMAN_FINISHED, fit_lazy_models, spearman_table
 from clp_tune.bench.metrics import Reference, across_tasks, mean_spearman, score, summarize
 from clp_tune.bench.priors import PATH_ROW, PRIOR_MODES, PRIOR_ROWS, Bank, Prior, build_prior, prior_row
 from clp_tune.bench.simulator import Completion, Rows, result_rows, simulate
@@ -37,6 +37,9 @@ from clp_tune.stopping.bank_library import SUITE, BankTask
 from clp_tune.stopping.features import trajectories_from_frame
 from clp_tune.stopping.predictor import Predictor
 
+#: The Spearman tables of a bank, by key: at the start of a search (nothing learned online), and once
+#: :data:`~clp_tune.bench.crossfit.SPEARMAN_FINISHED` of its trials have finished (see ``spearman_table``).
+SPEARMAN_SETTINGS = {"spearman": 0, "spearman_online": SPEARMAN_FINISHED}
 #: What forked workers read (set before a pool starts): each bank's plan, with its priors.
 _SHARED: dict[str, Any] = {}
 Job = tuple[Callable[..., Any], tuple]  # a function and its arguments, for a forked process
@@ -105,14 +108,15 @@ class _Plan:
     orders: list[list[str]]
 
 
-def _fit_job(task: int, index: int) -> tuple[Predictor, dict[str, float]]:
+def _fit_job(task: int, index: int) -> tuple[Predictor, dict[str, dict[str, float]]]:
     """Fit one prior's lazily fitted models (which each run's copy would otherwise fit again); returns the
-    fitted predictor and its Spearman row."""
+    fitted predictor and its Spearman row in each setting (:data:`SPEARMAN_SETTINGS`)."""
     plan: _Plan = _SHARED["plans"][task]
     prior = plan.priors[index]
-    row = spearman_table(plan.frame, {prior.name: prior.predictor})[prior.name]
+    rows = {key: spearman_table(plan.frame, {prior.name: prior.predictor}, finished)[prior.name]
+            for key, finished in SPEARMAN_SETTINGS.items()}  # fmt: skip
     fit_lazy_models(prior.predictor, plan.frame)
-    return prior.predictor, row
+    return prior.predictor, rows
 
 
 def _run_job(task: int, entry: int, workers: int, order: int) -> Outcome:
@@ -178,10 +182,15 @@ def _run_all(setup: Setup, plans: list[_Plan]) -> tuple[dict[tuple[int, int], di
     return spearman, outcomes
 
 
-def _spearman_of(plan: _Plan, t: int, rows: Mapping[tuple[int, int], dict[str, float]]) -> dict[str, dict[str, float]]:
-    """The bank's Spearman table: its priors' rows, the δ rule's curve predictor, the last value."""
-    curve = spearman_table(plan.frame, {"delta-curve": CurveOnlyPredictor()})
-    return {p.name: rows[t, i] for i, p in enumerate(plan.priors)} | curve
+def _spearman_of(
+    plan: _Plan, t: int, rows: Mapping[tuple[int, int], dict[str, dict[str, float]]]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The bank's Spearman tables, one per setting: its priors' rows, the δ rule's curve predictor, the last value."""
+    out = {}
+    for key, finished in SPEARMAN_SETTINGS.items():
+        curve = spearman_table(plan.frame, {"delta-curve": CurveOnlyPredictor()}, finished)
+        out[key] = {p.name: rows[t, i][key] for i, p in enumerate(plan.priors)} | curve
+    return out
 
 
 def _ray_runs(plans: list[_Plan], calls: list[Call]) -> list[Outcome]:
@@ -218,13 +227,14 @@ def run_benchmark(setup: Setup) -> dict[str, Any]:
         "settings": {"prior": str(setup.prior), "orders": setup.orders, "workers": list(setup.workers),
                      "seed": setup.seed, "backend": setup.backend, "jobs": setup.jobs, "folds": setup.folds,
                      "trajectory_options": setup.trajectory_options, "top_k_fraction": setup.top_k_fraction},
-        "tasks": tasks, "summary": summary, "spearman_mean": mean_spearman([task["spearman"] for task in tasks]),
+        "tasks": tasks, "summary": summary,
+        **{f"{key}_mean": mean_spearman([task[key] for task in tasks]) for key in SPEARMAN_SETTINGS},
         "seconds": time.perf_counter() - started,
     }  # fmt: skip
 
 
 def _task_result(
-    setup: Setup, t: int, plan: _Plan, spearman: dict[str, dict[str, float]],
+    setup: Setup, t: int, plan: _Plan, spearman: dict[str, dict[str, dict[str, float]]],
     outcomes: Mapping[Call, Outcome],
 ) -> dict[str, Any]:  # fmt: skip
     schedulers: dict[str, dict[str, Any]] = {}
@@ -242,5 +252,5 @@ def _task_result(
         "rows": {e.name: e.description for e in plan.entries}, "headline": prior_row(setup.prior),
         "priors": {p.name: {"sources": list(p.sources), "trials": len(p.trial_ids), "missing": list(p.missing)}
                    for p in plan.priors},
-        "spearman": spearman, "schedulers": schedulers,
+        **spearman, "schedulers": schedulers,
     }  # fmt: skip
