@@ -8,6 +8,7 @@ from __future__ import annotations
 import pickle
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -182,7 +183,9 @@ def test_a_trial_that_raises_the_bar_ends_hopeless_paused_trials_without_asking_
     assert last["action"] == "stop" and "trial d raised the bar" in last["reason"]
 
 
-def test_a_real_search_thaws_a_paused_trial_from_its_checkpoint(ray_local, tmp_path: Path, monkeypatch) -> None:
+def _real_search(tmp_path: Path, names: list[str], monkeypatch) -> tuple[Any, Path]:
+    """A real Tune search, one trial at a time, of a tiny trainable that reports CURVES[name] with a checkpoint per
+    epoch (and the epoch it resumed from), under the scripted scheduler; returns its results and state directory."""
     monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # a checkpoint per epoch
     from ray import tune
 
@@ -203,7 +206,7 @@ def test_a_real_search_thaws_a_paused_trial_from_its_checkpoint(ray_local, tmp_p
     state_dir = tmp_path / "state"
     tuner = tune.Tuner(
         trainable,
-        param_space={"name": tune.grid_search(["a", "b", "c"])},
+        param_space={"name": tune.grid_search(names)},
         tune_config=tune.TuneConfig(
             metric="val_acc", mode="max", scheduler=scheduler(state_dir),
             search_alg=FrozenSlotsVariantGenerator(max_concurrent=1),
@@ -213,13 +216,18 @@ def test_a_real_search_thaws_a_paused_trial_from_its_checkpoint(ray_local, tmp_p
     )  # fmt: skip
     results = tuner.fit()
     assert not results.errors
+    compact(state_dir)  # as a search does when it ends
+    return results, state_dir
+
+
+def test_a_real_search_thaws_a_paused_trial_from_its_checkpoint(ray_local, tmp_path: Path, monkeypatch) -> None:
+    results, state_dir = _real_search(tmp_path, ["a", "b", "c"], monkeypatch)
     history = {r.config["name"]: r.metrics_dataframe for r in results}
     ids = {r.config["name"]: r.metrics["trial_id"] for r in results}
     b = history["b"]
     assert b["epoch"].tolist() == list(range(1, BUDGET + 1))  # every epoch once: no restart, no repeat
     assert b.loc[b["epoch"] > 2, "resumed_from"].eq(2).all()  # thawed from the checkpoint of epoch 2
     assert history["c"]["epoch"].max() == BUDGET  # c ran while b was frozen
-    compact(state_dir)  # as a search does when it ends
     decisions = read_decisions(state_dir / DECISIONS_FILE)
     b_rows = decisions[decisions["trial_id"] == ids["b"]]
     assert b_rows["action"].tolist()[:3] == ["continue", "pause", "thaw"]
@@ -230,39 +238,9 @@ def test_a_real_search_thaws_a_paused_trial_from_its_checkpoint(ray_local, tmp_p
 def test_a_real_search_ends_a_paused_trial_that_nothing_thawed(ray_local, tmp_path: Path, monkeypatch) -> None:
     """a sets the bar, b is paused, gets its one idle epoch, stays unlikely: with nothing left to run, Tune's
     search ends (a paused trial would keep it alive for ever) and b is stopped from its state, not errored."""
-    monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from ray import tune
-
-    from clp_tune.stopping.slots import FrozenSlotsVariantGenerator
-
-    def trainable(config: dict) -> None:
-        checkpoint = tune.get_checkpoint()
-        start = 0
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                start = int(Path(directory, "epoch").read_text())
-        for epoch in range(start + 1, BUDGET + 1):
-            with tempfile.TemporaryDirectory() as directory:
-                Path(directory, "epoch").write_text(str(epoch))
-                metrics = {"epoch": epoch, "val_acc": CURVES[config["name"]][epoch - 1]}
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-
-    state_dir = tmp_path / "state"
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"name": tune.grid_search(["a", "b"])},
-        tune_config=tune.TuneConfig(
-            metric="val_acc", mode="max", scheduler=scheduler(state_dir),
-            search_alg=FrozenSlotsVariantGenerator(max_concurrent=1),
-        ),
-        run_config=tune.RunConfig(name="over", storage_path=str(tmp_path / "runs"), verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-    )  # fmt: skip
-    results = tuner.fit()
-    assert not results.errors
+    results, state_dir = _real_search(tmp_path, ["a", "b"], monkeypatch)
     epochs = {r.config["name"]: r.metrics_dataframe["epoch"].tolist() for r in results}
     assert epochs == {"a": list(range(1, BUDGET + 1)), "b": [1, 2, 3]}  # paused at 2, one idle epoch, then over
-    compact(state_dir)
     decisions = read_decisions(state_dir / DECISIONS_FILE)
     b_id = next(r.metrics["trial_id"] for r in results if r.config["name"] == "b")
     actions = decisions.loc[decisions["trial_id"] == b_id, "action"].tolist()
