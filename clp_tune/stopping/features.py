@@ -51,6 +51,12 @@ def _slope(y: np.ndarray, budget: int) -> float:
     return float((x @ y) / (x @ x) * budget)
 
 
+def jitter(val_acc: Sequence[float]) -> float:
+    """The spread of a curve's last few epoch-to-epoch changes (its finite values; 0 with fewer than three)."""
+    values = _finite(val_acc[-_SLOPE - 1 :])
+    return float(np.std(np.diff(values))) if len(values) > 2 else 0.0
+
+
 def _signed_log(v: float) -> float:
     return math.copysign(math.log1p(abs(v)), v)
 
@@ -111,7 +117,7 @@ def trajectory_features(history: History, config: Mapping[str, Any], budget: int
         "val_acc_level": level,
         "val_acc_max": float(val.max()),
         "val_acc_slope": _slope(val, budget),
-        "val_acc_jitter": float(np.std(np.diff(val[-_SLOPE - 1 :]))) if t > 2 else 0.0,
+        "val_acc_jitter": jitter(val),
         "curve_extrapolation": extrapolated,
         "curve_gain": extrapolated - level,
         "curve_disagreement": disagreement,

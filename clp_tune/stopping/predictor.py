@@ -50,6 +50,7 @@ from clp_tune.stopping.features import (
     Trajectory,
     cut_epochs,
     is_complete,
+    jitter,
     planned_epochs,
     trajectories_from_frame,
     trajectory_features,
@@ -61,8 +62,6 @@ from clp_tune.stopping.search_line import LinePrediction, SearchLine
 #: The prior's weight in :func:`pool`, in finished trials of the search: after this many, the search's own line
 #: weighs as much as the models fitted on other tasks.
 PRIOR_TRIALS = 10
-#: Epochs whose epoch-to-epoch changes measure a trial's jitter (:func:`measurement_noise`).
-_JITTER_EPOCHS = 6
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ class Prediction:
         """The mean and variance of logit(final), the inverse of :meth:`from_log_odds`: the half-width h whose
         interval logit(mean) +- h maps back to mean +- std (expit(m + h) - expit(m - h) = sinh h / (cosh m + cosh h),
         a quadratic in e^h)."""
-        centre = float(logit(float(np.clip(self.mean, 1e-3, 1 - 1e-3))))
+        centre = float(logit(self.mean))
         width, stretch = min(2 * max(self.std, MIN_STD), 0.999), math.cosh(centre)
         half = math.log((width * stretch + math.sqrt((width * stretch) ** 2 + 1 - width**2)) / (1 - width))
         return centre, half**2
@@ -117,11 +116,9 @@ def pool(prior: Prediction, line: LinePrediction) -> Prediction:
 
 
 def measurement_noise(val_acc: Sequence[float]) -> float:
-    """The noise of one epoch's val_acc: the spread of the last few epoch-to-epoch changes over sqrt(2) (0 with
-    fewer than three epochs)."""
-    values = np.asarray(val_acc[-_JITTER_EPOCHS:], dtype=float)
-    values = values[np.isfinite(values)]
-    return float(np.std(np.diff(values))) / math.sqrt(2) if len(values) > 2 else 0.0
+    """The noise of one epoch's val_acc: the curve's recent :func:`~clp_tune.stopping.features.jitter` over sqrt(2)
+    (a change is the difference of two such values)."""
+    return jitter(val_acc) / math.sqrt(2)
 
 
 class Predictor(Protocol):

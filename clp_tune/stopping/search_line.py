@@ -40,13 +40,40 @@ class LinePrediction:
     trials: int
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """The least-squares line through n points and what its prediction interval needs."""
+
+    intercept: float
+    slope: float
+    residual: float  # the residual variance, on n - 2 degrees of freedom
+    centre: float  # the points' mean level
+    spread: float  # their sum of squared deviations from it
+    n: int
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray) -> _Fit | None:
+        """The line through (x, y); None when there are fewer than :data:`MIN_TRIALS` points or their x coincide."""
+        if len(x) < MIN_TRIALS:
+            return None
+        centre, spread = float(x.mean()), float(((x - x.mean()) ** 2).sum())
+        if spread < 1e-12:
+            return None
+        slope = float(((x - centre) * (y - y.mean())).sum()) / spread
+        intercept = float(y.mean()) - slope * centre
+        residual = max(float(((y - intercept - slope * x) ** 2).sum()) / (len(x) - 2), _MIN_RESIDUAL)
+        return cls(intercept, slope, residual, centre, spread, len(x))
+
+
 @dataclass
 class _Points:
-    """The (logit level at one epoch, logit final) pairs of the finished trials of one budget, gathered in order."""
+    """The (logit level at one epoch, logit final) pairs of the finished trials of one budget, gathered in order,
+    and the line through them (refitted only when a pair is added)."""
 
     x: list[float] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
     seen: int = 0  # finished trials looked at so far
+    fit: _Fit | None = None
 
 
 class SearchLine:
@@ -67,24 +94,18 @@ class SearchLine:
         """The predicted logit(final) of a trial of ``budget`` whose level at ``epoch`` is ``level``; None while fewer
         than :data:`MIN_TRIALS` finished trials of that budget have a level there, or their levels all coincide."""
         points = self._points.setdefault((epoch, budget), _Points())
+        added = len(points.x)
         for curve, final, trial_budget in self._finished[points.seen :]:
             known = level_at(curve, epoch) if trial_budget == budget else math.nan
             if math.isfinite(known):
                 points.x.append(float(logit(known)))
                 points.y.append(float(logit(final)))
         points.seen = len(self._finished)
-        n = len(points.x)
-        if n < MIN_TRIALS or not math.isfinite(level):
+        if len(points.x) > added:
+            points.fit = _Fit.of(np.asarray(points.x), np.asarray(points.y))
+        fit = points.fit
+        if fit is None or not math.isfinite(level):
             return None
-        x, y = np.asarray(points.x), np.asarray(points.y)
-        centre = x.mean()
-        spread = float(((x - centre) ** 2).sum())
-        if spread < 1e-12:
-            return None
-        slope = float(((x - centre) * (y - y.mean())).sum()) / spread
-        intercept = float(y.mean()) - slope * centre
-        dof = n - 2
-        residual = max(float(((y - intercept - slope * x) ** 2).sum()) / dof, _MIN_RESIDUAL)
-        at = float(logit(level))
-        scale2 = residual * (1 + 1 / n + (at - centre) ** 2 / spread)
-        return LinePrediction(intercept + slope * at, scale2 * dof / (dof - 2), n)
+        at, dof = float(logit(level)), fit.n - 2
+        scale2 = fit.residual * (1 + 1 / fit.n + (at - fit.centre) ** 2 / fit.spread)
+        return LinePrediction(fit.intercept + fit.slope * at, scale2 * dof / (dof - 2), fit.n)
