@@ -22,8 +22,9 @@ from clp_tune.stopping.features import History, Trajectory, is_complete, traject
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor, ask, last_value_prediction
 
 SPEARMAN_FRACTIONS = (0.1, 0.25, 0.5)
-#: Trials finished first in the online Spearman table (``spearman_table(..., finished=...)``).
-SPEARMAN_FINISHED = 10
+#: The Spearman tables of a bank, by key, and the trials finished first in each (``spearman_table(..., finished)``):
+#: at the start of a search (nothing learned online), and once 10 of its trials have finished.
+SPEARMAN_SETTINGS = {"spearman": 0, "spearman_online": 10}
 
 
 class CrossFitPredictor:
@@ -60,10 +61,9 @@ class CrossFitPredictor:
             predictor.observe_finished(rows)
 
 
-def _search(complete: Sequence[Trajectory], member: int, epoch: int, finished: bool | Collection[int]) -> SearchContext:
-    """The bank's other complete trials as trial ``member``'s search at ``epoch``: the ``finished`` ones (True:
-    all) whole with their finals, the rest cut there and running (all of them: the start of a search)."""
-    done = range(len(complete)) if finished is True else finished or ()
+def _search(complete: Sequence[Trajectory], member: int, epoch: int, done: Collection[int]) -> SearchContext:
+    """The bank's other complete trials as trial ``member``'s search at ``epoch``: the ``done`` ones (by index)
+    finished, whole with their finals, the rest cut there and running (all of them: the start of a search)."""
     others = {j: t for j, t in enumerate(complete) if j != member}
     curves = {str(j): t.history["val_acc"] if j in done else t.history["val_acc"][:epoch] for j, t in others.items()}
     return SearchContext(curves, {str(j): t.final for j, t in others.items() if j in done})
@@ -97,7 +97,7 @@ def spearman_table(
         for i in scored:
             t = complete[i]
             epoch = max(1, round(fraction * t.budget))
-            seen, search = t.upto(epoch), _search(complete, i, epoch, finished=done)
+            seen, search = t.upto(epoch), _search(complete, i, epoch, done)
             for name, predictor in predictors.items():
                 guesses[name].append(ask(predictor, seen, t.config, t.budget, search).mean)
             guesses["last-value"].append(last_value_prediction(seen))
@@ -118,4 +118,4 @@ def fit_lazy_models(predictor: Predictor, bank: pd.DataFrame, fraction: float = 
     for i, t in enumerate(complete):
         epoch = max(1, round(fraction * t.budget))
         predictor.predict(t.upto(epoch), t.config, t.budget)
-        ask(predictor, t.upto(epoch), t.config, t.budget, _search(complete, i, epoch, finished=True))
+        ask(predictor, t.upto(epoch), t.config, t.budget, _search(complete, i, epoch, range(len(complete))))

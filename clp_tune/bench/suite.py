@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from clp_tune.bench.baselines import TOP_K_FRACTION, CurveOnlyPredictor, Entry, lineup
-from clp_tune.bench.crossfit import SPEARMAN_FINISHED, fit_lazy_models, spearman_table
+from clp_tune.bench.crossfit import SPEARMAN_SETTINGS, fit_lazy_models, spearman_table
 from clp_tune.bench.metrics import Reference, across_tasks, mean_spearman, score, summarize
 from clp_tune.bench.priors import PATH_ROW, PRIOR_MODES, PRIOR_ROWS, Bank, Prior, build_prior, prior_row
 from clp_tune.bench.simulator import Completion, Rows, result_rows, simulate
@@ -37,9 +37,6 @@ from clp_tune.stopping.bank_library import SUITE, BankTask
 from clp_tune.stopping.features import trajectories_from_frame
 from clp_tune.stopping.predictor import Predictor
 
-#: The Spearman tables of a bank, by key: at the start of a search (nothing learned online), and once
-#: :data:`~clp_tune.bench.crossfit.SPEARMAN_FINISHED` of its trials have finished (see ``spearman_table``).
-SPEARMAN_SETTINGS = {"spearman": 0, "spearman_online": SPEARMAN_FINISHED}
 #: What forked workers read (set before a pool starts): each bank's plan, with its priors.
 _SHARED: dict[str, Any] = {}
 Job = tuple[Callable[..., Any], tuple]  # a function and its arguments, for a forked process
@@ -110,7 +107,7 @@ class _Plan:
 
 def _fit_job(task: int, index: int) -> tuple[Predictor, dict[str, dict[str, float]]]:
     """Fit one prior's lazily fitted models (which each run's copy would otherwise fit again); returns the
-    fitted predictor and its Spearman row in each setting (:data:`SPEARMAN_SETTINGS`)."""
+    fitted predictor and its Spearman row in each setting (:data:`~clp_tune.bench.crossfit.SPEARMAN_SETTINGS`)."""
     plan: _Plan = _SHARED["plans"][task]
     prior = plan.priors[index]
     rows = {key: spearman_table(plan.frame, {prior.name: prior.predictor}, finished)[prior.name]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from clp_tune.bench.crossfit import SPEARMAN_FINISHED
+from clp_tune.bench.crossfit import SPEARMAN_SETTINGS
 from clp_tune.bench.metrics import MISS_POINTS, NEAR_POINTS
 
 _HEADER = (f"{'scheduler':<15}{'epochs/FIFO':>12}{'worst':>7}{'regret':>8}{'worst':>7}{'misses':>8}"
@@ -64,14 +64,14 @@ def print_task(task: Mapping[str, Any], orders: int) -> None:
             print(f"{_name(name, task['headline']):<15}{s['epoch_ratio']:>12.3f}{s['epoch_ratio_worst']:>7.3f}"
                   f"{s['regret']:>8.2f}{s['regret_worst']:>7.2f}{s['misses']:>5}/{s['orders']:<2}{near:>14}"
                   f"{s['regret_area']:>7.2f}")  # fmt: skip
-    print_spearman(task["spearman"], task["headline"])
-    print_spearman(task["spearman_online"], task["headline"], online=True)
+    for key, finished in SPEARMAN_SETTINGS.items():
+        print_spearman(task[key], task["headline"], finished)
 
 
-def print_spearman(table: Mapping[str, Mapping[str, float]], headline: str, online: bool = False) -> None:
+def print_spearman(table: Mapping[str, Mapping[str, float]], headline: str, finished: int) -> None:
     fractions = next(iter(table.values()))
-    when = (f"once {SPEARMAN_FINISHED} trials of the search have finished (learned online; the other trials scored)"
-            if online else "at the start of a search (nothing learned online)")  # fmt: skip
+    when = (f"once {finished} trials of the search have finished (learned online; the other trials scored)"
+            if finished else "at the start of a search (nothing learned online)")  # fmt: skip
     print("Spearman(predicted, true final) at " + " / ".join(f"{float(f):.0%}" for f in fractions) + f" of the budget, "
           f"{when}:")  # fmt: skip
     for name, row in table.items():
@@ -91,8 +91,8 @@ def print_summary(result: Mapping[str, Any]) -> None:
             print(f"{_name(name, headline):<15}{s['epoch_ratio']:>12.3f}{s['epoch_ratio_worst']:>7.3f}"
                   f"{s['regret']:>8.2f}{s['regret_worst']:>7.2f}{misses:>9}{s['regret_area']:>7.2f}")  # fmt: skip
     print("mean over banks of the Spearman correlations:")
-    print_spearman(result["spearman_mean"], headline)
-    print_spearman(result["spearman_online_mean"], headline, online=True)
+    for key, finished in SPEARMAN_SETTINGS.items():
+        print_spearman(result[f"{key}_mean"], headline, finished)
 
 
 def write_json(result: Mapping[str, Any], path: str | Path) -> None:
