@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from clp_tune.bench.baselines import TopKAfterFirstEpoch
+from clp_tune.bench.baselines import ORACLE_ROW, FinalsOracle, TopKAfterFirstEpoch
 from clp_tune.bench.crossfit import fit_lazy_models, spearman_table
 from clp_tune.bench.metrics import Reference, score
 from clp_tune.bench.priors import BenchInputError, bank_at, build_prior, task_bank
@@ -230,6 +230,19 @@ def test_eight_workers_give_the_same_tables_for_the_same_seed(tmp_path: Path) ->
     for name in setup.only:
         inline_epochs = [o["trial_epochs"] for o in inline["tasks"][0]["schedulers"]["8"][name]["per_order"]]
         assert inline_epochs == [o["trial_epochs"] for o in forked["tasks"][0]["schedulers"]["8"][name]["per_order"]]
+
+
+def test_the_oracle_row_predicts_each_final_and_never_loses_the_best(tmp_path: Path) -> None:
+    frame = synthetic_bank(24, 8, seed=7)
+    finals = {str(t.config["trial_id"]): t.final for t in trajectories_from_frame(frame)}
+    oracle = FinalsOracle(finals)
+    assert all(oracle.predict({"val_acc": [0.1]}, {"trial_id": t}, 8).mean == f for t, f in finals.items())
+    bank = bank_at(_write(tmp_path, frame), "--bank")
+    result = run_benchmark(Setup([bank], "none", orders=3, workers=(1, 8), only=["fifo", ORACLE_ROW]))
+    for workers, rows in result["tasks"][0]["schedulers"].items():
+        exact = rows[ORACLE_ROW]
+        assert exact["misses"] == 0 and exact["regret_worst"] == 0, (workers, exact)
+        assert exact["epoch_ratio"] < rows["fifo"]["epoch_ratio"], (workers, exact)
 
 
 def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "bank.parquet") -> Path:

@@ -3,9 +3,11 @@
 A learned stopper is only worth its complexity if it beats the simple rules at their usual settings, so the
 lineup has the stock rules at Ray's defaults *and* at this product's settings (which were chosen on a bank and
 could flatter), the top-k-after-one-epoch rule of Egele et al. 2023 ("one epoch is all you need"), the δ rule on
-curve extrapolation alone (LC-PFN-style: no prior, nothing learned), and the trajectory scheduler under each
-prior. Everything Ray or the product ships is built by :func:`clp_tune.stopping.factory.build_scheduler`, so the
-benchmark cannot drift from what a search runs; only the two baselines the product does not ship live here.
+curve extrapolation alone (LC-PFN-style: no prior, nothing learned), the trajectory scheduler under each
+prior, and the same rule told every trial's true final (not a method: what the rule's own mechanics spend when
+its predictions are exact). Everything Ray or the product ships is built by
+:func:`clp_tune.stopping.factory.build_scheduler`, so the benchmark cannot drift from what a search runs; only the
+baselines the product does not ship live here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import pandas as pd
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from clp_tune.stopping.calibration import MIN_STD
 from clp_tune.stopping.factory import build_scheduler
 from clp_tune.stopping.features import History, Trajectory
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor
@@ -28,6 +31,8 @@ RAY_ASHA_GRACE, RAY_ASHA_REDUCTION, RAY_MEDIAN_GRACE = 1, 4.0, 60
 #: Top-k after one epoch keeps this fraction of the epoch-1 values seen so far (at least one): a tenth, fixed
 #: before any bank was replayed (Egele et al. train a small top-k of each batch to the end).
 TOP_K_FRACTION = 0.1
+#: The row of the trajectory rule with exact predictions (:class:`FinalsOracle`).
+ORACLE_ROW = "traj-oracle"
 
 
 class TopKAfterFirstEpoch(FIFOScheduler):
@@ -79,6 +84,29 @@ class CurveOnlyPredictor:
         """Learns nothing (see the class docstring)."""
 
 
+class FinalsOracle:
+    """Predicts each trial's true final, read from the bank it replays, at the narrowest spread a prediction has.
+
+    Not a method: with exact predictions the trajectory rule still runs every trial to its grace point, every
+    trial that beats the finals so far to its end, and a probe epoch per paused trial. What that costs is the
+    part of a row's epochs that a better predictor would not save under these options. It is not a strict floor:
+    a predictor that errs can spend less by stopping a trial that would have beaten the finals so far but not the
+    best.
+
+    Args:
+        finals: trial id -> its final val_acc (the replayed configs carry ``trial_id``).
+    """
+
+    def __init__(self, finals: Mapping[str, float]):
+        self.finals = {str(k): float(v) for k, v in finals.items()}
+
+    def predict(self, history: History, config: Mapping[str, Any], budget: int) -> Prediction:
+        return Prediction(self.finals[str(config["trial_id"])], MIN_STD)
+
+    def observe_finished(self, rows: pd.DataFrame | Sequence[Trajectory]) -> None:
+        """Learns nothing: it already knows."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One row of the benchmark's tables: a label, what it is, and how to build a fresh scheduler for one order."""
@@ -94,6 +122,7 @@ def lineup(
     priors: Mapping[str, tuple[str, Callable[[], Predictor]]],
     trajectory_options: Mapping[str, Any] | None = None,
     top_k_fraction: float = TOP_K_FRACTION,
+    finals: Mapping[str, float] | None = None,
 ) -> list[Entry]:
     """Every scheduler the benchmark runs on trials of ``budget`` epochs.
 
@@ -103,6 +132,7 @@ def lineup(
             read when a scheduler is built (a benchmark fits the priors after making the lineup).
         trajectory_options: TrajectoryScheduler options for the δ rule and every trajectory row.
         top_k_fraction: the top-k rule's fraction.
+        finals: the bank's true finals by trial id, for the oracle row (last); None: no oracle row.
     """
     tenth = max(1, budget // 10)
     options = dict(trajectory_options or {})
@@ -128,4 +158,7 @@ def lineup(
               trajectory(CurveOnlyPredictor), trajectory=True),
     ]  # fmt: skip
     entries += [Entry(name, text, trajectory(p), trajectory=True) for name, (text, p) in priors.items()]
+    if finals is not None:
+        exact = "the trajectory rule told every trial's true final (exact predictions; not a method)"
+        entries.append(Entry(ORACLE_ROW, exact, trajectory(lambda: FinalsOracle(finals)), trajectory=True))
     return entries

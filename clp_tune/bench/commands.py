@@ -55,7 +55,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         "schedulers", help="every early-stopping baseline and the trajectory scheduler on recorded banks",
         description="Replay the trials of a bank (or of every bank of the suite, leave-task-out) under no stopping, "
         "ASHA and the median rule at Ray's defaults and at the product's settings, top-k after one epoch, the "
-        "delta rule on curve extrapolation alone, and the trajectory scheduler with each prior; the same seeded "
+        "delta rule on curve extrapolation alone, the trajectory scheduler with each prior, and its rule told every "
+        "trial's true final (traj-oracle: what the rule spends with exact predictions); the same seeded "
         "orders for all, on a simulated clock with 1 and 8 workers (or through real Ray Tune with --ray). Prints "
         "epochs, regret, misses, epochs to a near-best trial, the regret area and Spearman correlations.",
     )  # fmt: skip

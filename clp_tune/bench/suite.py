@@ -125,7 +125,7 @@ def _run_job(task: int, entry: int, workers: int, order: int) -> Outcome:
 
 def row_names() -> list[str]:
     """Every row the lineup can have: the baselines, then one per prior mode and the prior-from-a-file row."""
-    return [e.name for e in lineup(10, {})] + list(PRIOR_ROWS.values()) + [PATH_ROW]
+    return [e.name for e in lineup(10, {}, finals={})] + list(PRIOR_ROWS.values()) + [PATH_ROW]
 
 
 def prior_modes(headline: str | Path) -> list[str | Path]:
@@ -141,7 +141,8 @@ def _plan(setup: Setup, bank: Bank, frame: pd.DataFrame, priors: list[Prior]) ->
     trajectories = {str(x.config["trial_id"]): x for x in trajectories_from_frame(frame)}
     budget = max(x.budget for x in trajectories.values())
     rows = {p.name: (p.description, lambda p=p: p.predictor) for p in priors}  # read once fitted
-    entries = lineup(budget, rows, setup.trajectory_options, setup.top_k_fraction)
+    finals = {trial_id: x.final for trial_id, x in trajectories.items()}
+    entries = lineup(budget, rows, setup.trajectory_options, setup.top_k_fraction, finals)
     entries = [e for e in entries if setup.only is None or e.name in setup.only]
     orders = orders_of(list(trajectories), setup.orders, setup.seed)
     return _Plan(bank, frame, priors, Reference.of(trajectories), result_rows(frame), entries, orders)
