@@ -170,9 +170,11 @@ TRAJECTORIES_FILE = "trajectories.parquet"
 TRIALS_FILE = "trials.parquet"
 DECISIONS_FILE = "decisions.parquet"
 #: How ``decisions.parquet`` words the trajectory scheduler's freeze-thaw moves that the report counts: a thaw for a
-#: slot that would idle, and the stop of a paused trial when the search is over.
+#: slot that would idle, the stop of a paused trial when the search is over, and the stop of a paused trial whose
+#: slot a new trial needs (under a concurrency limit that counts paused trials).
 IDLE_THAW_REASON = "a slot would idle"
 SEARCH_OVER_REASON = "the search is over"
+SLOT_NEEDED_REASON = "its slot is needed"
 SCHEDULER_STATE_FILE = "scheduler_state.json"
 SCHEDULER_JOURNAL_FILE = "scheduler_state.journal.jsonl"
 REPORT_DIR = "report"

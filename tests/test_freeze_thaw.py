@@ -18,7 +18,7 @@ from clp_tune.bench.simulator import SimController, SimTrial
 from clp_tune.stopping.persistence import StateStore, compact, read_decisions, stopped_outcomes
 from clp_tune.stopping.predictor import Prediction
 from clp_tune.stopping.scheduler import TrajectoryScheduler
-from clp_tune.vocabulary import DECISIONS_FILE
+from clp_tune.vocabulary import DECISIONS_FILE, SLOT_NEEDED_REASON
 
 BUDGET = 6
 #: val_acc per epoch: "a" sets the bar (final 0.6); "b" looks poor early; "c" finishes below the bar.
@@ -183,13 +183,18 @@ def test_a_trial_that_raises_the_bar_ends_hopeless_paused_trials_without_asking_
     assert last["action"] == "stop" and "trial d raised the bar" in last["reason"]
 
 
-def _real_search(tmp_path: Path, names: list[str], monkeypatch) -> tuple[Any, Path]:
+def _real_search(tmp_path: Path, names: list[str], monkeypatch, limit_counts_paused: bool = False) -> tuple[Any, Path]:
     """A real Tune search, one trial at a time, of a tiny trainable that reports CURVES[name] with a checkpoint per
-    epoch (and the epoch it resumed from), under the scripted scheduler; returns its results and state directory."""
+    epoch (and the epoch it resumed from), under the scripted scheduler; returns its results and state directory.
+    The one-trial limit leaves paused trials out (the product's), or with ``limit_counts_paused`` counts them
+    (Ray's own); a time budget ends a search that would otherwise wait for ever."""
     monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # a checkpoint per epoch
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from clp_tune.stopping.slots import FrozenSlotsVariantGenerator
+
+    limit = BasicVariantGenerator if limit_counts_paused else FrozenSlotsVariantGenerator
 
     def trainable(config: dict) -> None:
         checkpoint = tune.get_checkpoint()
@@ -208,8 +213,8 @@ def _real_search(tmp_path: Path, names: list[str], monkeypatch) -> tuple[Any, Pa
         trainable,
         param_space={"name": tune.grid_search(names)},
         tune_config=tune.TuneConfig(
-            metric="val_acc", mode="max", scheduler=scheduler(state_dir),
-            search_alg=FrozenSlotsVariantGenerator(max_concurrent=1),
+            metric="val_acc", mode="max", scheduler=scheduler(state_dir), search_alg=limit(max_concurrent=1),
+            time_budget_s=120,
         ),
         run_config=tune.RunConfig(name="freeze", storage_path=str(tmp_path / "runs"), verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
@@ -255,3 +260,17 @@ def test_epochs_re_run_after_a_thaw_are_not_judged_again(tmp_path: Path) -> None
     assert report(sched, controller, b, 1) == TrialScheduler.CONTINUE  # resumed from its checkpoint of epoch 0
     assert report(sched, controller, b, 2) == TrialScheduler.CONTINUE  # re-run: not judged again
     assert report(sched, controller, b, 3) == TrialScheduler.PAUSE  # new: judged
+
+
+def test_a_limit_that_counts_paused_trials_gets_a_slot_freed(ray_local, tmp_path: Path, monkeypatch) -> None:
+    """Under Ray's own limit, b paused in the only slot keeps the searcher from ever suggesting c, and nothing
+    thaws b: after its idle epoch b is stopped to free the slot, and c runs its budget."""
+    results, state_dir = _real_search(tmp_path, ["a", "b", "c"], monkeypatch, limit_counts_paused=True)
+    epochs = {r.config["name"]: r.metrics_dataframe["epoch"].tolist() for r in results}
+    assert epochs == {"a": list(range(1, BUDGET + 1)), "b": [1, 2, 3], "c": list(range(1, BUDGET + 1))}, epochs
+    b_id = next(r.metrics["trial_id"] for r in results if r.config["name"] == "b")
+    decisions = read_decisions(state_dir / DECISIONS_FILE)
+    b_rows = decisions[decisions["trial_id"] == b_id]
+    assert b_rows["action"].tolist() == ["continue", "pause", "thaw", "pause", "stop"]
+    assert b_rows["reason"].iloc[-1].startswith(SLOT_NEEDED_REASON)
+    assert stopped_outcomes(state_dir) == {b_id: "stopped"}

@@ -455,7 +455,7 @@ def test_freeze_thaw_table_counts_each_way_a_paused_trial_ended() -> None:
     decisions = pd.DataFrame(rows, columns=["trial_id", "epoch", "action", "reason"])
     html = _freeze_thaw(decisions, pd.DataFrame({"val_acc": [0.9]}, index=["a"]))
     counts = dict(re.findall(r'<tr><td data-value="([^"]+)">[^<]*</td><td data-value="(\d+)">', html))
-    assert counts == {
+    expected = {
         "paused at least once": "4",
         "thawed on new evidence (a trial finished)": "1",
         "thawed for a slot that would idle": "1",
@@ -464,3 +464,11 @@ def test_freeze_thaw_table_counts_each_way_a_paused_trial_ended() -> None:
         "stopped for good while paused (hopeless)": "1",
         "stopped when the search was over (unlikely after an idle epoch)": "1",
     }
+    assert counts == expected
+    # Under a limit that counts paused trials, e is stopped to free its slot: its own row, not a hopeless one.
+    evicted = [("e", 3, "pause", "P(beat k-th best) 0.020 < 0.05: paused"),
+               ("e", 3, "stop", "its slot is needed: the search's concurrency limit counts paused trials")]  # fmt: skip
+    decisions = pd.DataFrame(rows + evicted, columns=["trial_id", "epoch", "action", "reason"])
+    html = _freeze_thaw(decisions, pd.DataFrame({"val_acc": [0.9]}, index=["a"]))
+    counts = dict(re.findall(r'<tr><td data-value="([^"]+)">[^<]*</td><td data-value="(\d+)">', html))
+    assert counts == expected | {"paused at least once": "5", "stopped to free a slot for a new trial": "1"}

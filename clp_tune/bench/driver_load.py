@@ -50,12 +50,12 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, kept: int, ru
     every 0.2 s (and its peak read from the kernel), the run directory measured at the end."""
     import ray
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from clp_tune.bench.replay import _quiet_tune, make_replay_trainable
     from clp_tune.bench.simulator import result_rows
     from clp_tune.bench.synthetic import synthetic_bank
     from clp_tune.stopping.factory import build_scheduler
+    from clp_tune.stopping.slots import FrozenSlotsVariantGenerator
 
     rows = result_rows(synthetic_bank(trials, epochs, seed))
     run_dir = run_root / "driver-load"
@@ -91,8 +91,9 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, kept: int, ru
         tune.with_parameters(make_replay_trainable(), rows=rows),
         param_space={"trial_id": tune.grid_search(list(rows))},
         tune_config=tune.TuneConfig(
-            metric="val_acc", mode="max", scheduler=scheduler, reuse_actors=True, max_concurrent_trials=workers,
-            search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=workers),
+            metric="val_acc", mode="max", scheduler=scheduler, reuse_actors=True,
+            # The limit a search has (clp_tune.search.make_searcher): paused trials give their slots to new ones.
+            search_alg=FrozenSlotsVariantGenerator(random_state=seed, max_concurrent=workers),
         ),
         run_config=tune.RunConfig(
             name=run_dir.name, storage_path=str(run_root), verbose=0, callbacks=[Count()],

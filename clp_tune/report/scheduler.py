@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from clp_tune.report.markup import BEST_COLOR, Page, note, table
 from clp_tune.report.run import Run
 from clp_tune.report.statistics import decisions_near, spearman
-from clp_tune.vocabulary import DECISIONS_FILE, IDLE_THAW_REASON, SEARCH_OVER_REASON
+from clp_tune.vocabulary import DECISIONS_FILE, IDLE_THAW_REASON, SEARCH_OVER_REASON, SLOT_NEEDED_REASON
 
 #: Budget fractions at which the predictor is back-tested on finished trials.
 BACKTEST_FRACTIONS = (0.10, 0.25, 0.50)
@@ -69,7 +69,8 @@ def _freeze_thaw(decisions: pd.DataFrame, finished: pd.DataFrame) -> str:
     previous = decisions.groupby("trial_id")["action"].shift()
     stopped_paused = (decisions["action"] == "stop") & (previous == "pause")
     over = stopped_paused & decisions["reason"].str.startswith(SEARCH_OVER_REASON)
-    hopeless = stopped_paused & ~over  # judged again while paused (a trial finished) and found hopeless
+    evicted = stopped_paused & decisions["reason"].str.startswith(SLOT_NEEDED_REASON)
+    hopeless = stopped_paused & ~over & ~evicted  # judged again while paused (a trial finished), found hopeless
     rows = [
         ["paused at least once", len(paused)],
         ["thawed on new evidence (a trial finished)", thaws.loc[~idle, "trial_id"].nunique()],
@@ -79,6 +80,8 @@ def _freeze_thaw(decisions: pd.DataFrame, finished: pd.DataFrame) -> str:
         ["stopped for good while paused (hopeless)", decisions.loc[hopeless, "trial_id"].nunique()],
         ["stopped when the search was over (unlikely after an idle epoch)", decisions.loc[over, "trial_id"].nunique()],
     ]
+    if evicted.any():  # only under a concurrency limit that counts paused trials (not clp-tune's own searches)
+        rows.append(["stopped to free a slot for a new trial", decisions.loc[evicted, "trial_id"].nunique()])
     return (
         heading
         + note(

@@ -19,6 +19,11 @@ epochs ran paused trials to the end one epoch at a time), so each paused trial g
 -- the searcher has nothing left, nothing runs, nothing waits to thaw and every paused trial has had its epoch --
 the paused trials are stopped for good, and the search ends. A restored search gets its paused trials back as
 PENDING; they are set to PAUSED again before anything runs.
+
+Under a concurrency limit that counts paused trials (Ray's ``ConcurrencyLimiter``, the basic variant generator's
+``max_concurrent``, which ``TuneConfig(max_concurrent_trials=...)`` sets), a search whose slots all hold paused
+trials could never start another: there, when the searcher has more but nothing waits, the least likely paused
+trial is stopped for good to free its slot.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from clp_tune.stopping.policy import PAUSED, Decision, TrajectoryPolicy, TrialSt
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, Predictor, ScoredPredictor, ask
 from clp_tune.stopping.prior import pooled
 from clp_tune.stopping.user_banks import load_user_banks
-from clp_tune.vocabulary import IDLE_THAW_REASON, SEARCH_OVER_REASON, TRAJECTORY_OPTIONS
+from clp_tune.vocabulary import IDLE_THAW_REASON, SEARCH_OVER_REASON, SLOT_NEEDED_REASON, TRAJECTORY_OPTIONS
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -233,6 +238,8 @@ class TrajectoryScheduler(FIFOScheduler):
         if not unprobed:
             if running == 0 and _searcher_done(tune_controller):
                 self._end_paused(tune_controller, frozen)
+            elif _slots(tune_controller) is None and not _searcher_done(tune_controller):
+                self._free_slot(tune_controller, frozen)
             return None
         chosen = max(unprobed, key=self._chance)
         state = self._state.trials[chosen.trial_id]
@@ -251,6 +258,19 @@ class TrajectoryScheduler(FIFOScheduler):
                                 p_beat=self._chance(trial)))  # fmt: skip
             tune_controller.stop_trial(trial)
         self._freeze_slots(tune_controller)
+
+    def _free_slot(self, tune_controller: TuneController, paused: Sequence[Trial]) -> None:
+        """The searcher has more to suggest but nothing waits: its concurrency limit counts the paused trials
+        (Ray's own ``ConcurrencyLimiter`` and the basic variant generator's ``max_concurrent`` do; the limits of
+        :mod:`clp_tune.stopping.slots` do not). Left so, the search would wait for ever on trials nothing thaws;
+        the least likely paused trial is stopped for good instead, so that a new trial can take its slot."""
+        trial = min(paused, key=self._chance)
+        state = self._state.trials[trial.trial_id]
+        reason = (f"{SLOT_NEEDED_REASON}: the search's concurrency limit counts paused trials (clp_tune.stopping.slots "
+                  "has limits that do not), and this one was the least likely of them")  # fmt: skip
+        self._keep(Decision(trial.trial_id, state.epochs[-1], "stop", reason, status="stopped",
+                            p_beat=self._chance(trial)))  # fmt: skip
+        tune_controller.stop_trial(trial)
 
     def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict) -> None:
         state = self._state.trials.get(trial.trial_id)
