@@ -215,18 +215,20 @@ class TrajectoryScheduler(FIFOScheduler):
         """Queued thaws first, then new trials, then (a slot would idle) the likeliest paused trial not yet given
         an epoch that way; once the search is over, the paused trials end (module docstring). Idempotent: a second
         call without a change in between returns the same trial."""
-        pending, thaws, frozen, running = None, [], [], 0
-        for trial in tune_controller.get_trials():
+        pending, thaws, frozen, running, paused_ids = None, [], [], 0, set()
+        for trial in tune_controller.get_trials():  # one pass: Tune calls this at every step of its loop
             state = self._state.trials.get(trial.trial_id)
-            if trial.status == Trial.PENDING and state is not None and state.status == PAUSED:
-                tune_controller._set_trial_status(trial, Trial.PAUSED)  # restored searches bring them back PENDING
+            if state is not None and state.status == PAUSED:
+                paused_ids.add(trial.trial_id)
+                if trial.status == Trial.PENDING:  # restored searches bring paused trials back PENDING
+                    tune_controller._set_trial_status(trial, Trial.PAUSED)
             if trial.status == Trial.PENDING:
                 pending = pending or trial
             elif trial.status == Trial.RUNNING:
                 running += 1
             elif trial.status == Trial.PAUSED and state is not None:
                 (thaws if state.status == "running" else frozen).append(trial)
-        self._freeze_slots(tune_controller)
+        self._freeze_slots(tune_controller, paused_ids)
         if thaws:
             return max(thaws, key=self._chance)
         if pending is not None:
@@ -246,7 +248,7 @@ class TrajectoryScheduler(FIFOScheduler):
         state.probed = True
         self._keep(Decision(chosen.trial_id, state.epochs[-1], "thaw", f"{IDLE_THAW_REASON}: the likeliest paused "
                             "trial runs one more epoch", p_beat=self._chance(chosen)))  # fmt: skip
-        self._freeze_slots(tune_controller)
+        self._freeze_slots(tune_controller, paused_ids - {chosen.trial_id})
         return chosen
 
     def _end_paused(self, tune_controller: TuneController, paused: Sequence[Trial]) -> None:
@@ -314,11 +316,14 @@ class TrajectoryScheduler(FIFOScheduler):
         p_beat = self._state.trials[trial.trial_id].p_beat
         return -1.0 if p_beat is None else p_beat
 
-    def _freeze_slots(self, tune_controller: TuneController | None) -> None:
-        """Tell the search's limit which trials are frozen, so their slots go to new trials."""
+    def _freeze_slots(self, tune_controller: TuneController | None, paused: set[str] | None = None) -> None:
+        """Tell the search's limit which trials are frozen (``paused``, when the caller has just gathered them),
+        so their slots go to new trials."""
         slots = _slots(tune_controller)
         if slots is not None:
-            slots.frozen = frozenset(tid for tid, s in self._state.trials.items() if s.status == PAUSED)
+            if paused is None:
+                paused = {tid for tid, s in self._state.trials.items() if s.status == PAUSED}
+            slots.frozen = frozenset(paused)
 
     def _rejudge_paused(self, tune_controller: TuneController | None, finished: str, full: bool) -> None:
         """A trial finished: judge every paused trial again, queueing the likely ones to thaw and ending the
