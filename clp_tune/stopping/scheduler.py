@@ -233,14 +233,16 @@ class TrajectoryScheduler(FIFOScheduler):
             return max(thaws, key=self._chance)
         if pending is not None:
             return pending
-        limit = getattr(_slots(tune_controller), "max_concurrent", 0) or None
+        slots = _slots(tune_controller)
+        limit = getattr(slots, "max_concurrent", 0) or None
         if not frozen or (limit is not None and running >= limit):
             return None
         unprobed = [t for t in frozen if not self._state.trials[t.trial_id].probed]
         if not unprobed:
-            if running == 0 and _searcher_done(tune_controller):
+            searcher_done = _searcher_done(tune_controller)
+            if running == 0 and searcher_done:
                 self._end_paused(tune_controller, frozen)
-            elif _slots(tune_controller) is None and not _searcher_done(tune_controller):
+            elif slots is None and not searcher_done:
                 self._free_slot(tune_controller, frozen)
             return None
         chosen = max(unprobed, key=self._chance)
@@ -253,12 +255,9 @@ class TrajectoryScheduler(FIFOScheduler):
 
     def _end_paused(self, tune_controller: TuneController, paused: Sequence[Trial]) -> None:
         """The search is over: stop the paused trials for good (each had its epoch for an idle slot)."""
+        reason = f"{SEARCH_OVER_REASON}: nothing runs or waits, and one more epoch did not lift its chance to delta"
         for trial in paused:
-            state = self._state.trials[trial.trial_id]
-            reason = f"{SEARCH_OVER_REASON}: nothing runs or waits, and one more epoch did not lift its chance to delta"
-            self._keep(Decision(trial.trial_id, state.epochs[-1], "stop", reason, status="stopped",
-                                p_beat=self._chance(trial)))  # fmt: skip
-            tune_controller.stop_trial(trial)
+            self._stop_paused(tune_controller, trial, reason)
         self._freeze_slots(tune_controller)
 
     def _free_slot(self, tune_controller: TuneController, paused: Sequence[Trial]) -> None:
@@ -266,12 +265,14 @@ class TrajectoryScheduler(FIFOScheduler):
         (Ray's own ``ConcurrencyLimiter`` and the basic variant generator's ``max_concurrent`` do; the limits of
         :mod:`clp_tune.stopping.slots` do not). Left so, the search would wait for ever on trials nothing thaws;
         the least likely paused trial is stopped for good instead, so that a new trial can take its slot."""
-        trial = min(paused, key=self._chance)
-        state = self._state.trials[trial.trial_id]
         reason = (f"{SLOT_NEEDED_REASON}: the search's concurrency limit counts paused trials (clp_tune.stopping.slots "
                   "has limits that do not), and this one was the least likely of them")  # fmt: skip
-        self._keep(Decision(trial.trial_id, state.epochs[-1], "stop", reason, status="stopped",
-                            p_beat=self._chance(trial)))  # fmt: skip
+        self._stop_paused(tune_controller, min(paused, key=self._chance), reason)
+
+    def _stop_paused(self, tune_controller: TuneController, trial: Trial, reason: str) -> None:
+        """Stop a paused trial for good, at its last epoch and latest chance, for ``reason``."""
+        epoch = self._state.trials[trial.trial_id].epochs[-1]
+        self._keep(Decision(trial.trial_id, epoch, "stop", reason, status="stopped", p_beat=self._chance(trial)))
         tune_controller.stop_trial(trial)
 
     def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict) -> None:
