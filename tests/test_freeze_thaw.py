@@ -27,6 +27,7 @@ CURVES = {
     "b": [0.2, 0.30, 0.40, 0.50, 0.60, 0.70],
     "c": [0.3, 0.40, 0.45, 0.50, 0.52, 0.54],
     "d": [0.5, 0.70, 0.80, 0.85, 0.88, 0.90],
+    "e": [0.2, 0.30, 0.40, 0.50, 0.60, 0.70],
 }
 
 
@@ -34,7 +35,7 @@ class ScriptedPredictor:
     """Predicted finals by trial name. P(b beats a's 0.6) is 0.02 with the first spread (paused, not hopeless);
     once two trials have finished (c fell short of the bar) the spread widens and it is 0.30 (thawed)."""
 
-    means = {"a": 0.6, "b": 0.4975, "c": 0.55, "d": 0.9}
+    means = {"a": 0.6, "b": 0.4975, "c": 0.55, "d": 0.9, "e": 0.49}
 
     def __init__(self) -> None:
         self.finished = 0
@@ -150,6 +151,27 @@ def test_each_paused_trial_gets_one_idle_epoch_then_the_search_is_over(tmp_path:
     last = sched.decisions_frame().query("trial_id == 'b'").iloc[-1]
     assert last["action"] == "stop" and last["reason"].startswith("the search is over")
     assert stopped_outcomes(tmp_path) == {"b": "stopped"}
+
+
+def test_paused_trials_resume_side_by_side_while_tune_starts_them(tmp_path: Path) -> None:
+    """Two slots would idle and b and e are paused: while Tune starts the first one chosen (PENDING, as Tune marks a
+    trial it resumes), the next call gives the other slot to e, instead of b again (which resumed paused trials one
+    actor start at a time); with both starting, the slots are full."""
+    sched = scheduler(tmp_path)
+    controller = SimController(2, end_paused=lambda trial: None)
+    a = add(sched, controller, "a")
+    for epoch in range(1, BUDGET + 1):
+        report(sched, controller, a, epoch)
+    b, e = add(sched, controller, "b"), add(sched, controller, "e")
+    for trial in (b, e):
+        report(sched, controller, trial, 1)
+        assert report(sched, controller, trial, 2) == TrialScheduler.PAUSE
+    assert sched.choose_trial_to_run(controller) is b  # the likelier of the two
+    b.status = "PENDING"
+    assert sched.choose_trial_to_run(controller) is e
+    e.status = "PENDING"
+    assert sched.choose_trial_to_run(controller) is None
+    assert controller.search_alg.frozen == frozenset()
 
 
 def test_a_running_trial_keeps_the_search_going(tmp_path: Path) -> None:

@@ -214,7 +214,11 @@ class TrajectoryScheduler(FIFOScheduler):
     def choose_trial_to_run(self, tune_controller: TuneController) -> Trial | None:
         """Queued thaws first, then new trials, then (a slot would idle) the likeliest paused trial not yet given
         an epoch that way; once the search is over, the paused trials end (module docstring). Idempotent: a second
-        call without a change in between returns the same trial."""
+        call without a change in between returns the same trial.
+
+        A resumed trial that Tune is starting (PENDING with epochs recorded) holds its slot but is not returned
+        again: Tune starts every PENDING trial itself, and returning it until its actor is up (Ray's FIFO habit)
+        would resume paused trials one actor start at a time, however many slots are free."""
         pending, thaws, frozen, running, paused_ids = None, [], [], 0, set()
         for trial in tune_controller.get_trials():  # one pass: Tune calls this at every step of its loop
             state = self._state.trials.get(trial.trial_id)
@@ -223,7 +227,10 @@ class TrajectoryScheduler(FIFOScheduler):
                 if trial.status == Trial.PENDING:  # restored searches bring paused trials back PENDING
                     tune_controller._set_trial_status(trial, Trial.PAUSED)
             if trial.status == Trial.PENDING:
-                pending = pending or trial
+                if state is not None and state.status == "running" and state.epochs:
+                    running += 1  # resumed (thawed, or restored) and starting: Tune starts every PENDING trial
+                else:
+                    pending = pending or trial
             elif trial.status == Trial.RUNNING:
                 running += 1
             elif trial.status == Trial.PAUSED and state is not None:
