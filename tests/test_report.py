@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +196,12 @@ def test_group_ci_matches_welch_and_flags_not_significant() -> None:
 
 def test_group_ci_edge_cases() -> None:
     frame = pd.DataFrame({"k": ["0", "0", "1", "2", "2"], "v": [0.5, 0.6, 0.7, 0.8, 0.8]})
-    effects = group_ci(frame, "k", "v", baseline="0").set_index("setting")
+    with warnings.catch_warnings():  # "2" has equal values: its interval is exact, and nothing warns about it
+        warnings.simplefilter("error")
+        effects = group_ci(frame, "k", "v", baseline="0").set_index("setting")
+    assert effects.loc["2", "diff"] == pytest.approx(0.25)
+    half = stats.t.ppf(0.975, 1) * np.std([0.5, 0.6], ddof=1) / np.sqrt(2)  # Welch with one variance 0: df n - 1
+    assert (effects.loc["2", "diff_low"], effects.loc["2", "diff_high"]) == pytest.approx((0.25 - half, 0.25 + half))
     assert effects.loc["1", "verdict"] == "too few seeds"
     assert np.isnan(effects.loc["1", "ci_low"])
     no_baseline = group_ci(frame, "k", "v", baseline="9")

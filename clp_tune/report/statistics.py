@@ -4,6 +4,7 @@ the config labels both group by. Pure functions of data frames, so tests can che
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -116,7 +117,10 @@ def welch_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> tu
         return diff, np.nan, np.nan
     if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread: scipy's interval is undefined, the difference is exact
         return diff, diff, diff
-    interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    with warnings.catch_warnings():
+        if min(np.ptp(a), np.ptp(b)) == 0:  # scipy warns of "precision loss" in the variance of equal values: it is 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+        interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
     return diff, float(interval.low), float(interval.high)
 
 
