@@ -196,7 +196,7 @@ def test_group_ci_matches_welch_and_flags_not_significant() -> None:
 
 def test_group_ci_edge_cases() -> None:
     frame = pd.DataFrame({"k": ["0", "0", "1", "2", "2"], "v": [0.5, 0.6, 0.7, 0.8, 0.8]})
-    with warnings.catch_warnings():  # "2" has equal values: its interval is exact, and nothing warns about it
+    with warnings.catch_warnings():  # "2" has equal values (variance 0): nothing may warn about it
         warnings.simplefilter("error")
         effects = group_ci(frame, "k", "v", baseline="0").set_index("setting")
     assert effects.loc["2", "diff"] == pytest.approx(0.25)
