@@ -269,10 +269,15 @@ def test_a_real_search_ends_a_paused_trial_that_nothing_thawed(ray_local, tmp_pa
     epochs = {r.config["name"]: r.metrics_dataframe["epoch"].tolist() for r in results}
     assert epochs == {"a": list(range(1, BUDGET + 1)), "b": [1, 2, 3]}  # paused at 2, one idle epoch, then over
     decisions = read_decisions(state_dir / DECISIONS_FILE)
-    b_id = next(r.metrics["trial_id"] for r in results if r.config["name"] == "b")
+    b_id = _trial_id(results, "b")
     actions = decisions.loc[decisions["trial_id"] == b_id, "action"].tolist()
     assert actions == ["continue", "pause", "thaw", "pause", "stop"]
     assert stopped_outcomes(state_dir) == {b_id: "stopped"}
+
+
+def _trial_id(results: Any, name: str) -> str:
+    """The Tune trial id of the trial of ``name`` in a real search's results."""
+    return next(r.metrics["trial_id"] for r in results if r.config["name"] == name)
 
 
 def test_epochs_re_run_after_a_thaw_are_not_judged_again(tmp_path: Path) -> None:
@@ -290,7 +295,7 @@ def test_a_limit_that_counts_paused_trials_gets_a_slot_freed(ray_local, tmp_path
     results, state_dir = _real_search(tmp_path, ["a", "b", "c"], monkeypatch, limit_counts_paused=True)
     epochs = {r.config["name"]: r.metrics_dataframe["epoch"].tolist() for r in results}
     assert epochs == {"a": list(range(1, BUDGET + 1)), "b": [1, 2, 3], "c": list(range(1, BUDGET + 1))}, epochs
-    b_id = next(r.metrics["trial_id"] for r in results if r.config["name"] == "b")
+    b_id = _trial_id(results, "b")
     decisions = read_decisions(state_dir / DECISIONS_FILE)
     b_rows = decisions[decisions["trial_id"] == b_id]
     assert b_rows["action"].tolist() == ["continue", "pause", "thaw", "pause", "stop"]

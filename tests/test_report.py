@@ -458,9 +458,13 @@ def test_freeze_thaw_table_counts_each_way_a_paused_trial_ended() -> None:
         ("c", 2, "stop", "trial x finished below its prediction: P(beat k-th best) 0.001 < hopeless 0.01"),
         ("d", 2, "pause", "P(beat k-th best) 0.020 < 0.05: paused"),
     ]
-    decisions = pd.DataFrame(rows, columns=["trial_id", "epoch", "action", "reason"])
-    html = _freeze_thaw(decisions, pd.DataFrame({"val_acc": [0.9]}, index=["a"]))
-    counts = dict(re.findall(r'<tr><td data-value="([^"]+)">[^<]*</td><td data-value="(\d+)">', html))
+
+    def counts(rows: list[tuple[str, int, str, str]]) -> dict[str, str]:
+        """The table's row -> count, as the page shows them (a finished at its budget)."""
+        decisions = pd.DataFrame(rows, columns=["trial_id", "epoch", "action", "reason"])
+        html = _freeze_thaw(decisions, pd.DataFrame({"val_acc": [0.9]}, index=["a"]))
+        return dict(re.findall(r'<tr><td data-value="([^"]+)">[^<]*</td><td data-value="(\d+)">', html))
+
     expected = {
         "paused at least once": "4",
         "thawed on new evidence (a trial finished)": "1",
@@ -470,11 +474,9 @@ def test_freeze_thaw_table_counts_each_way_a_paused_trial_ended() -> None:
         "stopped for good while paused (hopeless)": "1",
         "stopped when the search was over (unlikely after an idle epoch)": "1",
     }
-    assert counts == expected
+    assert counts(rows) == expected
     # Under a limit that counts paused trials, e is stopped to free its slot: its own row, not a hopeless one.
     evicted = [("e", 3, "pause", "P(beat k-th best) 0.020 < 0.05: paused"),
                ("e", 3, "stop", "its slot is needed: the search's concurrency limit counts paused trials")]  # fmt: skip
-    decisions = pd.DataFrame(rows + evicted, columns=["trial_id", "epoch", "action", "reason"])
-    html = _freeze_thaw(decisions, pd.DataFrame({"val_acc": [0.9]}, index=["a"]))
-    counts = dict(re.findall(r'<tr><td data-value="([^"]+)">[^<]*</td><td data-value="(\d+)">', html))
-    assert counts == expected | {"paused at least once": "5", "stopped to free a slot for a new trial": "1"}
+    evicted_counts = {"paused at least once": "5", "stopped to free a slot for a new trial": "1"}
+    assert counts(rows + evicted) == expected | evicted_counts
