@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -16,8 +17,9 @@ def bench(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-def test_driver_load_replays_a_search_per_checkpoints_kept_value() -> None:
-    done = bench("--trials", "10", "--epochs", "3", "--workers", "2", "--checkpoints-kept", "1,2")
+def test_driver_load_replays_a_search_per_checkpoints_kept_value(tmp_path: Path) -> None:
+    where = tmp_path / "not" / "made" / "yet"
+    done = bench("--trials", "10", "--epochs", "3", "--workers", "2", "--checkpoints-kept", "1,2", "--dir", str(where))
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["kept", "results"])
@@ -28,10 +30,14 @@ def test_driver_load_replays_a_search_per_checkpoints_kept_value() -> None:
         assert errors == 0 and 1 <= finished <= 10 and finished * 3 <= results <= 10 * 3  # every result went through
         assert float(row[5]) > 0 and float(row[9]) > 0  # results/s; the run directory's size
     assert "results/s against the first row: 2 kept" in done.stdout
+    assert where.is_dir() and not any(where.iterdir())  # made, and each replay's temporary directory removed
 
 
-def test_driver_load_refuses_bad_arguments_with_exit_2() -> None:
-    for args in (["--checkpoints-kept", "1,zero"], ["--checkpoints-kept", "0"], ["--trials", "0"]):
+def test_driver_load_refuses_bad_arguments_with_exit_2(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    refused = (["--checkpoints-kept", "1,zero"], ["--checkpoints-kept", "0"], ["--trials", "0"], ["--dir", str(a_file)])
+    for args in refused:
         done = bench(*args, timeout=60)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
         assert done.stderr.startswith("error: ") and "kept" not in done.stdout  # refused before any replay

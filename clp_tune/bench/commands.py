@@ -127,7 +127,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     _add_synthetic_search(load, epochs=20, workers_help="max_concurrent_trials (default 8)")
     load.add_argument("--checkpoints-kept", default=str(CHECKPOINTS_KEPT), help="comma-separated num_to_keep "
                       f"values, one run each (default {CHECKPOINTS_KEPT}, the spec's checkpoints_kept)")  # fmt: skip
-    load.add_argument("--dir", help="where the temporary run directory goes (default: the system's temp dir)")
+    load.add_argument("--dir", help="where the temporary run directories go, made if missing (default: the "
+                      "system's temp dir)")  # fmt: skip
     load.set_defaults(handler=_lazy("clp_tune.bench.driver_load", "driver_load_command"))
 
 

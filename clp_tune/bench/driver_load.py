@@ -128,6 +128,12 @@ def driver_load_command(args: argparse.Namespace) -> int:
         kept_values = positive_integers("--checkpoints-kept", args.checkpoints_kept, "1,2")
         if args.trials < 1 or args.epochs < 1 or args.workers < 1:
             raise ValueError("--trials, --epochs and --workers: expected integers >= 1")
+        if args.dir is not None:
+            try:  # a missing folder is made: it only holds the replays' temporary run directories
+                Path(args.dir).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ValueError(f"--dir: expected a folder that exists or can be made, got {args.dir!r} "
+                                 f"({error.strerror})") from None  # fmt: skip
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
