@@ -10,7 +10,8 @@ point. Four ingredients, from cheapest to most informed:
 * trees fitted on trajectories (a bank, one row per trial-epoch, see
   :data:`~clp_tune.stopping.features.BANK_DOC`, and the search's finished trials): they map features of the
   partial trajectory at budget fraction f (:mod:`clp_tune.stopping.features`) to the gain still to come, and a
-  second model maps the same features to the size of its out-of-fold errors; refitted with the search's own
+  second model maps the same features to the size of its out-of-fold errors, one fold per task of the bank (the
+  errors on a task the trees have not seen, which is how a prior is used); refitted with the search's own
   trials every few finished trials. Their absolute levels tie them to the bank's task;
 * the in-context model (:mod:`clp_tune.stopping.incontext`), fitted on the bank's tasks: the trial's position
   among the other trials of its search at the same epoch maps to its final in units of that search, so a prior
@@ -314,7 +315,7 @@ class FinalAccuracyPredictor:
         return math.ceil(missing / step) * step
 
     def _fit(self, available: frozenset[str]) -> TreesWithError | None:
-        """Fit gain trees on the shared features; error trees (from 3-fold out-of-fold residuals) once."""
+        """Fit gain trees on the shared features; error trees (from out-of-fold residuals, :meth:`_folds`) once."""
         first = self._first_fit_point()
         if self._own_at_fit < first or len(self._bank) + self._own_at_fit < self.min_trials:
             return None
@@ -330,15 +331,25 @@ class FinalAccuracyPredictor:
         if error is None:
             xe, ye, we, group = self._examples(columns, first)
             xe = np.where(np.isnan(xe), medians, xe)
-            folds = group % 3
+            folds = self._folds(group)
             oof = np.zeros_like(ye)
-            for k in range(3):
-                test = folds == k
+            for k, fold in enumerate(np.unique(folds)):
+                test = folds == fold
                 model = trees(60, 3, 0.1, self.seed + k).fit(xe[~test], ye[~test], sample_weight=we[~test])
                 oof[test] = model.predict(xe[test])
             error = OneRow(trees(50, 2, 0.1, self.seed + 7).fit(xe, np.abs(ye - oof), sample_weight=we))
         gain = OneRow(trees(200, 4, 0.05, self.seed).fit(x, y, sample_weight=w))
         return TreesWithError(columns, medians, gain, error)  # the gain still to come
+
+    def _folds(self, group: np.ndarray) -> np.ndarray:
+        """The out-of-fold groups of the error trees' residuals (``group``: each example's position in bank + own):
+        one per task of the bank, the search's own trials one more, so that the spread is the trees' error on a
+        task they have not seen, as a prior's is on a new search (folds of trials within the same tasks made it
+        several times too narrow there); three folds of trials when all are of one task."""
+        names = [task_of(str(t.config["trial_id"])) for t in self._bank]
+        tasks = [names[g] if g < len(names) else None for g in group.tolist()]
+        labels = {task: i for i, task in enumerate(dict.fromkeys(tasks))}
+        return np.asarray([labels[t] for t in tasks]) if len(labels) > 1 else group % 3
 
     def _incontext_model(self) -> InContextModel:
         """The in-context model on the bank's tasks, built on first use (it shares the gain trees' examples)."""
