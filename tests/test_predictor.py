@@ -95,7 +95,7 @@ def test_spread_without_context_is_honest_on_a_task_the_prior_has_not_seen() -> 
     """The trees that judge a trial without a search context are fitted on two tasks whose gains still to come
     differ (accuracies squeezed into [0, 0.5] and [0.5, 1]); on a third task spanning [0, 1] their 90 % interval
     holds most finals from half the budget on: the spread is the trees' error on a task they did not see. (With
-    folds of trials within the two tasks it covered a quarter to two thirds of them.)"""
+    folds of trials within the two tasks it covered from a quarter of them to 70 %.)"""
 
     def scaled(seed: int, low: float, high: float) -> pd.DataFrame:
         bank = synthetic_bank(40, 20, seed=seed)
