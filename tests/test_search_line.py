@@ -111,6 +111,28 @@ def test_the_line_takes_over_as_the_search_finishes_trials() -> None:
     assert errors[-1] < 0.05 < errors[0]
 
 
+def test_every_finished_trial_recalibrates_the_prior_before_it_is_pooled() -> None:
+    """Once the search has a line, a finished trial is scored twice at each cut: the prior's own error (it
+    recalibrates the prior, which is then pooled) and the pooled prediction's. Scoring only the pool left the prior
+    recalibrated on the few trials that finished before the line existed, and a new task finishes few trials."""
+    predictor = FinalAccuracyPredictor(bank=None, refit_every=0)
+    for i in range(MIN_TRIALS):
+        start = 0.2 + 0.02 * i
+        predictor.observe_finished([Trajectory({"val_acc": _curve(start, start + 0.5, i)}, {}, BUDGET)])
+    newcomer = Trajectory({"val_acc": _curve(0.3, 0.8, 1000)}, {}, BUDGET)
+    scores = predictor.finished_scores(newcomer, None)
+    models = {model for model, *_ in scores}
+    assert models == {"curve", "curve+line"}
+    for model in models:
+        fractions = [fraction for name, fraction, *_ in scores if name == model]
+        assert len(fractions) == len(set(fractions)) > 1  # one score per cut
+    seen = {"val_acc": newcomer.history["val_acc"][:4]}
+    _, raw = predictor._raw_predict(seen, {}, BUDGET, None)
+    prior = predictor._prior_predict(seen, {}, BUDGET, None)[1]
+    line = predictor._line.predict(level_at(seen["val_acc"], 4), 4, BUDGET)
+    assert raw == pool(predictor._calibrated("curve", 4 / BUDGET, prior), line)
+
+
 def test_the_spread_is_never_below_the_jitter_of_the_last_epochs() -> None:
     """A final is one epoch's val_acc: a prediction sharper than the trial's epoch-to-epoch jitter is false
     precision."""

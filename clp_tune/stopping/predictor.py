@@ -21,7 +21,9 @@ point. Four ingredients, from cheapest to most informed:
   :func:`pool`, it weighs more with every trial the search finishes, so what a prior of other tasks gets wrong
   about this one stops mattering;
 * online recalibration from the trials this search has finished (:mod:`clp_tune.stopping.calibration`): each is
-  a fresh out-of-sample test of the model that would have judged it, at each fraction.
+  a fresh out-of-sample test of the model that would have judged it, at each fraction. In two stages once the
+  line exists: the prior is recalibrated on every finished trial before it is pooled, the pool on those finished
+  since; a new task finishes few trials, and the prior must not keep the spread the bank gave it.
 
 No prediction is sharper than the measurement it predicts: a final is one epoch's val_acc, which moves from epoch to
 epoch by the trial's own jitter, so that jitter floors the spread (:func:`measurement_noise`).
@@ -243,11 +245,16 @@ class FinalAccuracyPredictor:
 
     def finished_scores(self, trajectory: Trajectory, context: SearchContext | None) -> list[Score]:
         """A finished trial's calibration scores: at each cut epoch, the error of the model that would have judged
-        it there, predicting in ``context`` (the other trials of its search, each read at that epoch)."""
+        it there, predicting in ``context`` (the other trials of its search, each read at that epoch), and, where
+        the search has a line, the error of the prior alone (what recalibrates it before it is pooled)."""
         scores = []
         for epoch in cut_epochs(trajectory.budget):
-            model, raw = self._raw_predict(trajectory.upto(epoch), trajectory.config, trajectory.budget, context)
-            scores.append([model, epoch / trajectory.budget, trajectory.final - raw.mean, raw.std])
+            fraction = epoch / trajectory.budget
+            model, prior, line = self._parts(trajectory.upto(epoch), trajectory.config, trajectory.budget, context)
+            scores.append([model, fraction, trajectory.final - prior.mean, prior.std])
+            if line is not None:
+                with_line = pool(self._calibrated(model, fraction, prior), line)
+                scores.append([f"{model}+line", fraction, trajectory.final - with_line.mean, with_line.std])
         return scores
 
     def observe_finished(
@@ -367,12 +374,26 @@ class FinalAccuracyPredictor:
     def _raw_predict(
         self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext | None
     ) -> tuple[str, Prediction]:
-        """The uncalibrated prediction and the model that made it: the prior's (:meth:`_prior_predict`), pooled with
-        the search's line once it has one at this epoch (``<model>+line``)."""
+        """The prediction before its last recalibration and the model that made it: the prior's
+        (:meth:`_prior_predict`), or, once the search has a line at this epoch, the prior recalibrated on its own
+        scores and pooled with the line (``<model>+line``)."""
+        model, prior, line = self._parts(history, config, budget, context)
+        if line is None:
+            return model, prior
+        return f"{model}+line", pool(self._calibrated(model, len(history["val_acc"]) / budget, prior), line)
+
+    def _parts(
+        self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext | None
+    ) -> tuple[str, Prediction, LinePrediction | None]:
+        """The prior's model and uncalibrated prediction, and the search's line at this epoch (None: no line yet)."""
         model, prior = self._prior_predict(history, config, budget, context)
         epoch = len(history["val_acc"])
-        line = self._line.predict(level_at(history["val_acc"], epoch), epoch, budget)
-        return (model, prior) if line is None else (f"{model}+line", pool(prior, line))
+        return model, prior, self._line.predict(level_at(history["val_acc"], epoch), epoch, budget)
+
+    def _calibrated(self, model: str, fraction: float, prediction: Prediction) -> Prediction:
+        """``prediction`` of ``model`` at ``fraction``, recalibrated on the search's finished trials."""
+        mean, std = self._calibration.correct(model, fraction, prediction.mean, prediction.std)
+        return Prediction(float(np.clip(mean, 0, 1)), max(std, MIN_STD))
 
     def _prior_predict(
         self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext | None
@@ -418,8 +439,8 @@ class FinalAccuracyPredictor:
         config = config or {}
         budget = budget or planned_epochs(config, len(history["val_acc"]))
         model, raw = self._raw_predict(history, config, budget, context)
-        mean, std = self._calibration.correct(model, len(history["val_acc"]) / budget, raw.mean, raw.std)
-        return Prediction(float(np.clip(mean, 0, 1)), max(std, measurement_noise(history["val_acc"]), MIN_STD))
+        calibrated = self._calibrated(model, len(history["val_acc"]) / budget, raw)
+        return Prediction(calibrated.mean, max(calibrated.std, measurement_noise(history["val_acc"])))
 
     def predict_in_context(
         self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext
