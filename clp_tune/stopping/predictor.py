@@ -142,7 +142,8 @@ class InContextPredictor(Protocol):
 
 
 #: A finished trial's calibration score at one cut epoch: [model, budget fraction, final - predicted mean, predicted
-#: std] of the uncalibrated prediction (a list: it is kept in the scheduler's JSON state as it is).
+#: std] of one model's prediction before its own recalibration (a list: it is kept in the scheduler's JSON state as
+#: it is).
 Score = list
 
 
