@@ -254,8 +254,8 @@ class FinalAccuracyPredictor:
             model, prior, line = self._parts(trajectory.upto(epoch), trajectory.config, trajectory.budget, context)
             scores.append([model, fraction, trajectory.final - prior.mean, prior.std])
             if line is not None:
-                with_line = pool(self._calibrated(model, fraction, prior), line)
-                scores.append([f"{model}+line", fraction, trajectory.final - with_line.mean, with_line.std])
+                pooled_model, with_line = self._with_line(model, fraction, prior, line)
+                scores.append([pooled_model, fraction, trajectory.final - with_line.mean, with_line.std])
         return scores
 
     def observe_finished(
@@ -381,7 +381,7 @@ class FinalAccuracyPredictor:
         model, prior, line = self._parts(history, config, budget, context)
         if line is None:
             return model, prior
-        return f"{model}+line", pool(self._calibrated(model, len(history["val_acc"]) / budget, prior), line)
+        return self._with_line(model, len(history["val_acc"]) / budget, prior, line)
 
     def _parts(
         self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext | None
@@ -390,6 +390,13 @@ class FinalAccuracyPredictor:
         model, prior = self._prior_predict(history, config, budget, context)
         epoch = len(history["val_acc"])
         return model, prior, self._line.predict(level_at(history["val_acc"], epoch), epoch, budget)
+
+    def _with_line(
+        self, model: str, fraction: float, prior: Prediction, line: LinePrediction
+    ) -> tuple[str, Prediction]:
+        """The prior of ``model`` at ``fraction``, recalibrated on its own scores, pooled with the search's line; and
+        the name its own scores are kept under (``<model>+line``)."""
+        return f"{model}+line", pool(self._calibrated(model, fraction, prior), line)
 
     def _calibrated(self, model: str, fraction: float, prediction: Prediction) -> Prediction:
         """``prediction`` of ``model`` at ``fraction``, recalibrated on the search's finished trials."""
