@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clp_tune.spec import Spec, SpecError, load_spec
 from clp_tune.spec_guard import load_spec_file
 from clp_tune.vocabulary import REPORT_PAGE, SPEC_FILE, TRAJECTORIES_FILE
+
+if TYPE_CHECKING:
+    from clp_tune.search import RunPaths
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -40,6 +44,11 @@ def _search_outcome(run_dir: Path) -> int:
     return 0
 
 
+def _print_library_bank(paths: RunPaths) -> None:
+    if paths.library_bank is not None:
+        print(f"bank library:  {paths.library_bank} (later searches of this dataset and model fit on it)")
+
+
 def _run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.spec)  # before importing the search (torch, Ray: seconds), so bad input is instant
     from clp_tune.search import run_search
@@ -49,6 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nrun directory: {paths.run_dir}")
     print(f"trajectories:  {paths.run_dir / TRAJECTORIES_FILE}")
     print(f"report:        {paths.report_dir / REPORT_PAGE}")
+    _print_library_bank(paths)
     return _search_outcome(paths.run_dir)
 
 
@@ -60,6 +70,7 @@ def _resume(args: argparse.Namespace) -> int:
     _start_ray(load_spec(local_dir / SPEC_FILE), args)
     paths = resume_search(experiment, local_dir, reports_dir=args.reports_dir)
     print(f"\nreport: {paths.report_dir / REPORT_PAGE}")
+    _print_library_bank(paths)
     return _search_outcome(paths.run_dir)
 
 

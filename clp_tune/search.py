@@ -7,8 +7,10 @@ the median rule, ``Tuner.restore``); the only policy of our own is the trajector
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +20,17 @@ from clp_tune.remote import RunFileSync, is_uri, local_copy, push_report
 from clp_tune.spec import Spec, SpecError, load_spec, param_space
 from clp_tune.stopping.factory import build_scheduler
 from clp_tune.trial.trainable import train_trial
-from clp_tune.vocabulary import REPORT_DIR, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
+from clp_tune.vocabulary import PRIOR_BANKS_FILE, REPORT_DIR, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where a run lives: Ray's experiment directory (local path) and the report's directory."""
+    """Where a run lives: Ray's experiment directory (local path), the report's directory, and the run's bank in
+    the user's bank library (None: the library is off, or the run recorded no trajectory)."""
 
     run_dir: Path
     report_dir: Path
+    library_bank: Path | None = None
 
 
 def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
@@ -167,17 +171,40 @@ def make_searcher(spec: Spec):
 
 def make_scheduler(spec: Spec, run_dir: Path):
     """The trial scheduler named in the spec (:func:`~clp_tune.stopping.factory.build_scheduler` builds them all)."""
-    from clp_tune.stopping.user_banks import library_dir, matching
-
     options = spec.scheduler
     trajectory = options.trajectory_options()
     if options.type == "trajectory" and "bank" not in trajectory:
-        own = matching(library_dir(spec.bank_library), spec.dataset, spec.model)
-        trajectory["user_banks"] = [str(path) for path in own]
+        trajectory["user_banks"] = prior_banks(spec, run_dir)
     return build_scheduler(
         options.type, spec.epochs, state_dir=run_dir, grace_period=options.grace_period,
         reduction_factor=options.reduction_factor, trajectory_options=trajectory,
     )  # fmt: skip
+
+
+def prior_banks(spec: Spec, run_dir: Path) -> list[str]:
+    """The banks of the user's library that the trajectory prior fits on, with the shipped suite's: those of the
+    spec's dataset and model with complete trials. Chosen when the search starts and kept in the run directory
+    (:data:`~clp_tune.vocabulary.PRIOR_BANKS_FILE`), so that a resumed search fits on the same banks however the
+    library has changed since; said on stderr, since they change what the scheduler stops."""
+    from clp_tune.stopping.user_banks import library_dir, matching
+
+    kept = run_dir / PRIOR_BANKS_FILE
+    if kept.is_file():
+        return [str(path) for path in json.loads(kept.read_text())]
+    directory = library_dir(spec.bank_library)
+    own = matching(directory, spec.dataset, spec.model)
+    if directory is None:
+        where = "(the bank library is off)"
+    elif own:
+        trials = sum(b.complete for b in own)
+        where = (f"+ {len(own)} bank(s) of your library {directory} for {spec.dataset}/{spec.model} ({trials} "
+                 "complete trials; `bank_library: off` in the spec leaves them out)")  # fmt: skip
+    else:
+        where = f"(your library {directory} has no complete bank of {spec.dataset}/{spec.model} yet)"
+    print(f"trajectory prior: the shipped suite's banks {where}", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps([str(b.path) for b in own]))
+    return [str(b.path) for b in own]
 
 
 def trainable_for(spec: Spec):
@@ -262,10 +289,12 @@ def finish(experiment: str, local_dir: Path, reports_dir: str | Path = "reports"
     compact(local_dir)  # the scheduler's journal into its snapshot and decisions.parquet
     write_store(experiment, local_dir)
     trajectories = pd.read_parquet(local_dir / TRAJECTORIES_FILE)
-    add_run(library_dir(spec.bank_library), local_dir.name, trajectories, spec.dataset, spec.model, spec.epochs)
+    library_bank = add_run(
+        library_dir(spec.bank_library), local_dir.name, trajectories, spec.dataset, spec.model, spec.epochs
+    )
     report_dir = Path(reports_dir) / spec.name
     write_report(local_dir, report_dir)
     shutil.copytree(report_dir, local_dir / REPORT_DIR, dirs_exist_ok=True)
     if is_uri(experiment):
         push_report(local_dir, experiment)
-    return RunPaths(run_dir=local_dir, report_dir=report_dir)
+    return RunPaths(run_dir=local_dir, report_dir=report_dir, library_bank=library_bank)

@@ -177,6 +177,8 @@ SEARCH_OVER_REASON = "the search is over"
 SLOT_NEEDED_REASON = "its slot is needed"
 SCHEDULER_STATE_FILE = "scheduler_state.json"
 SCHEDULER_JOURNAL_FILE = "scheduler_state.journal.jsonl"
+#: The banks of the user's library that the trajectory scheduler's prior fits on, chosen when the search starts.
+PRIOR_BANKS_FILE = "prior_banks.json"
 REPORT_DIR = "report"
 REPORT_PAGE = "index.html"
 #: Outcomes a trial can have in ``trials.parquet``.

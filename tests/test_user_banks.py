@@ -4,6 +4,7 @@ fits its prior on them, and damaged files in the library are skipped with a warn
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +26,8 @@ def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_p
     with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.user_banks"):
         paths = run_search(spec, storage_path=tmp_path / "runs", run_name="first", reports_dir=tmp_path / "reports")
     assert "skipping" in caplog.text and "junk.parquet" in caplog.text and "foreign.parquet" in caplog.text
+    assert "has no complete bank of digits/mlp yet" in capsys.readouterr().err  # the user is told what it fits on
+    assert paths.library_bank == library / "first.parquet"
 
     trials = pd.read_parquet(paths.run_dir / "trials.parquet")
     (bank,) = list_banks(library)  # the damaged files are skipped
@@ -33,6 +36,11 @@ def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_p
 
     scheduler = make_scheduler(spec, tmp_path / "next")
     assert scheduler.user_banks == (str(library / "first.parquet"),)
+    assert f"+ 1 bank(s) of your library {library} for digits/mlp" in capsys.readouterr().err
+    shutil.copyfile(library / "first.parquet", library / "later.parquet")  # the library grows while it runs
+    assert make_scheduler(spec, tmp_path / "next").user_banks == scheduler.user_banks  # resumed: the same prior
+    assert len(make_scheduler(spec, tmp_path / "fresh").user_banks) == 2  # a new search: both
+    (library / "later.parquet").unlink()
     fitted_on = {tid.split("/")[0] for tid in scheduler.predictor.prior_trial_ids}
     assert "user:first" in fitted_on and len(fitted_on) > 1  # the user's bank on top of the shipped suite
     other = parse_spec(tiny_spec(dataset="mnist1d", model="cnn1d", scheduler={"type": "trajectory"},
@@ -43,7 +51,7 @@ def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_p
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.user_banks"):
         assert [(b.name, b.complete) for b in list_banks(library)] == [("first", bank.complete), ("partial", 0)]
-        assert matching(library, "digits", "mlp") == [library / "first.parquet"]  # nothing to fit on yet
+        assert [b.path for b in matching(library, "digits", "mlp")] == [library / "first.parquet"]  # none yet
     assert "partial" not in caplog.text  # a valid entry, not a damaged one
 
     assert main(["bank", "list", "--library", str(library)]) == 0

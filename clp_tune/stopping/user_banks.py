@@ -90,9 +90,9 @@ def list_banks(directory: Path | None) -> list[UserBank]:
     return [bank for path in sorted(directory.glob("*.parquet")) if (bank := _read(path)) is not None]
 
 
-def matching(directory: Path | None, dataset: str, model: str) -> list[Path]:
+def matching(directory: Path | None, dataset: str, model: str) -> list[UserBank]:
     """The library banks of ``dataset`` and ``model`` that hold complete trials."""
-    return [b.path for b in list_banks(directory) if (b.dataset, b.model) == (dataset, model) and b.complete]
+    return [b for b in list_banks(directory) if (b.dataset, b.model) == (dataset, model) and b.complete]
 
 
 def bank_rows(trajectories: pd.DataFrame, dataset: str, model: str, budget: int) -> pd.DataFrame:
@@ -104,8 +104,11 @@ def bank_rows(trajectories: pd.DataFrame, dataset: str, model: str, budget: int)
                                   "complete": (last >= budget) & ~ended_diverged})  # fmt: skip
 
 
-def add_run(directory: Path | None, name: str, trajectories: pd.DataFrame, dataset: str, model: str, budget: int):
-    """Add (or, for a resumed run, replace) run ``name``'s trajectories; a failure is a warning, never fatal."""
+def add_run(
+    directory: Path | None, name: str, trajectories: pd.DataFrame, dataset: str, model: str, budget: int
+) -> Path | None:
+    """Add (or, for a resumed run, replace) run ``name``'s trajectories; returns the bank's path, None when the
+    library is off, there is nothing to add, or writing failed (a warning, never fatal)."""
     if directory is None or trajectories.empty:
         return None
     from clp_tune.store import write_table
