@@ -30,7 +30,7 @@ from clp_tune.report.scheduler import MIN_TRIALS_FOR_BACKTEST
 from clp_tune.report.statistics import decisions_near, group_ci, paired_interval, setting_label, weighted_effects
 from clp_tune.spec import parse_spec
 from clp_tune.stopping.scheduler import TrajectoryScheduler
-from clp_tune.vocabulary import DECISIONS_FILE, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
+from clp_tune.vocabulary import DECISIONS_FILE, PRIOR_BANKS_FILE, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
 
 
 def _figure_count(page: str) -> int:
@@ -480,3 +480,14 @@ def test_freeze_thaw_table_counts_each_way_a_paused_trial_ended() -> None:
                ("e", 3, "stop", "its slot is needed: the search's concurrency limit counts paused trials")]  # fmt: skip
     evicted_counts = {"paused at least once": "5", "stopped to free a slot for a new trial": "1"}
     assert counts(rows + evicted) == expected | evicted_counts
+
+
+def test_the_scheduler_section_names_the_users_banks_its_prior_fitted_on(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run")
+    assert "Prior:" not in _section(write_report(run, tmp_path / "unrecorded").read_text(encoding="utf-8"), "scheduler")
+    (run / PRIOR_BANKS_FILE).write_text(json.dumps([]))
+    section = _section(write_report(run, tmp_path / "none").read_text(encoding="utf-8"), "scheduler")
+    assert "Prior: the shipped suite&#x27;s banks (the bank library had none" in section
+    (run / PRIOR_BANKS_FILE).write_text(json.dumps(["/lib/quickstart-1.parquet", "/lib/<b>.parquet"]))
+    section = _section(write_report(run, tmp_path / "two").read_text(encoding="utf-8"), "scheduler")
+    assert "2 of your bank library&#x27;s, of this dataset and model: quickstart-1, &lt;b&gt;." in section

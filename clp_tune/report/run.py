@@ -8,6 +8,7 @@ still renders, with its text.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,14 @@ import yaml
 
 from clp_tune.spec import Spec, SpecError, parse_spec
 from clp_tune.stopping.persistence import read_decisions
-from clp_tune.vocabulary import DECISIONS_FILE, SPEC_FILE, TRAJECTORIES_FILE, TRAJECTORY_OPTIONS, TRIALS_FILE
+from clp_tune.vocabulary import (
+    DECISIONS_FILE,
+    PRIOR_BANKS_FILE,
+    SPEC_FILE,
+    TRAJECTORIES_FILE,
+    TRAJECTORY_OPTIONS,
+    TRIALS_FILE,
+)
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,8 @@ class Run:
     """The run directory's files, loaded once.
 
     ``spec`` is None when the directory has no spec file or its spec does not validate (``spec_error`` says why,
-    ``spec_text`` keeps the text); ``decisions`` is None for schedulers other than the trajectory one.
+    ``spec_text`` keeps the text); ``decisions`` is None for schedulers other than the trajectory one;
+    ``prior_banks`` lists the banks of the user's library its prior fitted on (None: not recorded).
     """
 
     directory: Path
@@ -46,6 +55,7 @@ class Run:
     trajectories: pd.DataFrame
     trials: pd.DataFrame
     decisions: pd.DataFrame | None
+    prior_banks: list[str] | None = None
 
     @property
     def name(self) -> str:
@@ -137,7 +147,9 @@ def load_run(run_dir: str | Path) -> Run:
     decisions = _read_table(decisions_path) if decisions_path.exists() else None
     trials = _read_table(directory / TRIALS_FILE)
     trajectories = _read_table(directory / TRAJECTORIES_FILE)
-    return Run(directory, spec, spec_text, spec_error, trajectories, trials, decisions)
+    banks_path = directory / PRIOR_BANKS_FILE
+    prior_banks = json.loads(banks_path.read_text()) if banks_path.is_file() else None
+    return Run(directory, spec, spec_text, spec_error, trajectories, trials, decisions, prior_banks)
 
 
 def _parse_spec(text: str | None) -> tuple[Spec | None, str | None]:

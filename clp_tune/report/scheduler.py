@@ -6,6 +6,8 @@ which only the trajectory scheduler writes; under other schedulers the section s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -33,7 +35,7 @@ def render(run: Run, page: Page) -> str:
         )
     budgets = run.budgets()
     finished = run.finished().set_index("trial_id")
-    parts = [_prediction_scatter(decisions, page, budgets, finished), _freeze_thaw(decisions, finished),
+    parts = [_prior(run), _prediction_scatter(decisions, page, budgets, finished), _freeze_thaw(decisions, finished),
              _stop_decisions(run, decisions, page)]  # fmt: skip
     rows = []
     for fraction in BACKTEST_FRACTIONS:
@@ -53,6 +55,18 @@ def render(run: Run, page: Page) -> str:
         + table(["budget fraction", "finished trials", "median epoch used", "Spearman ρ", "mean abs. error"], rows)
     )
     return page.section("scheduler", title, "".join(parts))
+
+
+def _prior(run: Run) -> str:
+    """What the predictor's prior was fitted on: a prior that has seen this dataset and model (the user's own banks)
+    stops differently from one that has not, so the same spec run twice may not decide the same."""
+    if run.prior_banks is None:
+        return ""
+    if not run.prior_banks:
+        return note("Prior: the shipped suite's banks (the bank library had none of this dataset and model).")
+    names = ", ".join(Path(path).stem for path in run.prior_banks)
+    return note(f"Prior: the shipped suite's banks and {len(run.prior_banks)} of your bank library's, of this dataset "
+                f"and model: {names}.")  # fmt: skip
 
 
 def _freeze_thaw(decisions: pd.DataFrame, finished: pd.DataFrame) -> str:
