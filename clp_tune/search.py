@@ -189,8 +189,10 @@ def prior_banks(spec: Spec, run_dir: Path) -> list[str]:
     from clp_tune.stopping.user_banks import library_dir, matching
 
     kept = run_dir / PRIOR_BANKS_FILE
-    if kept.is_file():
+    try:
         return [str(path) for path in json.loads(kept.read_text())]
+    except (OSError, ValueError):  # none yet, or torn by a crash as it was written: choose now
+        pass
     directory = library_dir(spec.bank_library)
     own = matching(directory, spec.dataset, spec.model)
     if directory is None:

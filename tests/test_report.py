@@ -485,6 +485,8 @@ def test_freeze_thaw_table_counts_each_way_a_paused_trial_ended() -> None:
 def test_the_scheduler_section_names_the_users_banks_its_prior_fitted_on(tmp_path: Path) -> None:
     run = write_synthetic_run(tmp_path / "run")
     assert "Prior:" not in _section(write_report(run, tmp_path / "unrecorded").read_text(encoding="utf-8"), "scheduler")
+    (run / PRIOR_BANKS_FILE).write_text('["/lib/a.parq')  # torn by a crash: the page still renders, without it
+    assert "Prior:" not in _section(write_report(run, tmp_path / "torn").read_text(encoding="utf-8"), "scheduler")
     (run / PRIOR_BANKS_FILE).write_text(json.dumps([]))
     section = _section(write_report(run, tmp_path / "none").read_text(encoding="utf-8"), "scheduler")
     assert "Prior: the shipped suite&#x27;s banks (the bank library had none" in section

@@ -14,6 +14,7 @@ from clp_tune.cli import main
 from clp_tune.search import make_scheduler, run_search
 from clp_tune.spec import parse_spec
 from clp_tune.stopping.user_banks import list_banks, matching
+from clp_tune.vocabulary import PRIOR_BANKS_FILE
 
 
 def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_path: Path, caplog, capsys) -> None:
@@ -40,6 +41,9 @@ def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_p
     shutil.copyfile(library / "first.parquet", library / "later.parquet")  # the library grows while it runs
     assert make_scheduler(spec, tmp_path / "next").user_banks == scheduler.user_banks  # resumed: the same prior
     assert len(make_scheduler(spec, tmp_path / "fresh").user_banks) == 2  # a new search: both
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / PRIOR_BANKS_FILE).write_text('["/lib/fir')  # torn by a crash as it was written
+    assert len(make_scheduler(spec, tmp_path / "torn").user_banks) == 2  # chosen again, not a crash
     (library / "later.parquet").unlink()
     fitted_on = {tid.split("/")[0] for tid in scheduler.predictor.prior_trial_ids}
     assert "user:first" in fitted_on and len(fitted_on) > 1  # the user's bank on top of the shipped suite

@@ -147,8 +147,10 @@ def load_run(run_dir: str | Path) -> Run:
     decisions = _read_table(decisions_path) if decisions_path.exists() else None
     trials = _read_table(directory / TRIALS_FILE)
     trajectories = _read_table(directory / TRAJECTORIES_FILE)
-    banks_path = directory / PRIOR_BANKS_FILE
-    prior_banks = json.loads(banks_path.read_text()) if banks_path.is_file() else None
+    try:
+        prior_banks = [str(path) for path in json.loads((directory / PRIOR_BANKS_FILE).read_text())]
+    except (OSError, ValueError):  # not recorded (another scheduler, an older run), or unreadable
+        prior_banks = None
     return Run(directory, spec, spec_text, spec_error, trajectories, trials, decisions, prior_banks)
 
 
