@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = command(
         "run", _run, "run a search and write its report",
         "Validate SPEC, run the search under Ray Tune, write Parquet tables into the run directory and the HTML "
-        "report into reports/<name>/index.html. Exit 1 if no trial finished, 2 for bad input.",
+        "report into reports/<name>/index.html, and add the run's trajectories to your bank library (see `clp-tune "
+        "bank`), which later trajectory searches of the same dataset and model fit their prior on. Exit 1 if no "
+        "trial finished, 2 for bad input.",
     )  # fmt: skip
     run.add_argument("spec", help="search-space YAML file")
     run.add_argument("--storage-path", default="runs", help="runs directory or shared URI (s3://...); default runs")
