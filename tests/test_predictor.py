@@ -19,7 +19,7 @@ from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import is_complete, trajectories_from_frame, trajectory_features
 from clp_tune.stopping.incontext import InContextModel
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, last_value_prediction
-from clp_tune.stopping.prior import pooled
+from clp_tune.stopping.prior import USER_FOLDS, USER_TASK_PREFIX, fold_labels, pooled
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +225,19 @@ def test_no_chance_of_beating_a_perfect_score_and_a_perfect_score_beats_the_rest
     cut = truncnorm(-np.inf, (1 - wide.mean) / wide.std, loc=wide.mean, scale=wide.std)
     assert wide.prob_above(0.993) == pytest.approx(norm.sf(0.993, 0.9, 0.15))
     assert wide.prob_above(0.993) > 0.25 > 0.05 > cut.sf(0.993)
+
+
+def test_the_users_runs_share_a_few_folds_so_the_first_fit_does_not_grow_with_the_library() -> None:
+    """Every finished search adds a run to the user's library, each its own task of the prior. Out-of-fold errors
+    with a fold per run would fit the trees once more per run; the runs (one dataset and model) share USER_FOLDS."""
+    labels = fold_labels(["mnist1d", "user:a", "user:b", "digits", "user:c", "user:d", "user:a", None])
+    assert labels.tolist() == [0, 1, 2, 3, 4, 1, 1, 5]
+
+    runs = {f"{USER_TASK_PREFIX}run{i}": synthetic_bank(12, 10, seed=i) for i in range(2 * USER_FOLDS + 2)}
+    predictor = FinalAccuracyPredictor(pooled(runs))
+    probe = [t for t in trajectories_from_frame(synthetic_bank(12, 10, seed=99)) if is_complete(t)]
+    for module, context in (("predictor", None), ("incontext", _search_of(probe, 0, 5))):
+        with mock.patch(f"clp_tune.stopping.{module}.trees", wraps=trees) as fitted:
+            predictor.predict(probe[0].upto(5), probe[0].config, probe[0].budget, context)
+        fold_fits = [c for c in fitted.call_args_list if c.args[0] == 60]  # the out-of-fold trees
+        assert len(fold_fits) == USER_FOLDS, (module, len(fold_fits))

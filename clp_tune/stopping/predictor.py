@@ -59,7 +59,7 @@ from clp_tune.stopping.features import (
     trajectory_features,
 )
 from clp_tune.stopping.incontext import InContextModel, spread_at
-from clp_tune.stopping.prior import pooled, suite_banks, task_of
+from clp_tune.stopping.prior import fold_labels, pooled, suite_banks, task_of
 from clp_tune.stopping.search_line import LinePrediction, SearchLine
 
 #: The prior's weight in :func:`pool`, in finished trials of the search: after this many, the search's own line
@@ -351,13 +351,13 @@ class FinalAccuracyPredictor:
 
     def _folds(self, group: np.ndarray) -> np.ndarray:
         """The out-of-fold groups of the error trees' residuals (``group``: each example's position in bank + own):
-        one per task of the bank, the search's own trials one more, so that the spread is the trees' error on a
-        task they have not seen, as a prior's is on a new search (folds of trials within the same tasks made it
-        several times too narrow there); three folds of trials when all are of one task."""
+        one per task of the bank (:func:`~clp_tune.stopping.prior.fold_labels`: the user's runs share a few), the
+        search's own trials one more, so that the spread is the trees' error on a task they have not seen, as a
+        prior's is on a new search (folds of trials within the same tasks made it several times too narrow there);
+        three folds of trials when all are of one task."""
         names = [task_of(str(t.config["trial_id"])) for t in self._bank]
-        tasks = [names[g] if g < len(names) else None for g in group.tolist()]
-        labels = {task: i for i, task in enumerate(dict.fromkeys(tasks))}
-        return np.asarray([labels[t] for t in tasks]) if len(labels) > 1 else group % 3
+        folds = fold_labels([names[g] if g < len(names) else None for g in group.tolist()])
+        return folds if len(np.unique(folds)) > 1 else group % 3
 
     def _incontext_model(self) -> InContextModel:
         """The in-context model on the bank's tasks, built on first use (it shares the gain trees' examples)."""
@@ -367,7 +367,7 @@ class FinalAccuracyPredictor:
                 trajectories, rows = by_task.setdefault(task_of(str(trajectory.config["trial_id"])), ([], []))
                 trajectories.append(trajectory)
                 rows.append(self._examples_of(position, trajectory)[0])
-            self._incontext = InContextModel(list(by_task.values()), self.seed)
+            self._incontext = InContextModel(list(by_task.values()), self.seed, fold_labels(list(by_task)))
         return self._incontext
 
     # -- predicting -----------------------------------------------------------------------------------------

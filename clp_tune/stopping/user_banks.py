@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from clp_tune.stopping.bank_library import load_bank
+from clp_tune.stopping.prior import USER_TASK_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -145,12 +146,13 @@ def remove(directory: Path, name: str) -> Path:
 
 
 def load_user_banks(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """The banks at ``paths`` by name (``user:<stem>``), each unreadable one skipped with a warning."""
+    """The banks at ``paths`` by task name (:data:`~clp_tune.stopping.prior.USER_TASK_PREFIX` and the file's stem),
+    each unreadable one skipped with a warning."""
     out = {}
     for path in map(Path, paths):
         try:
             frame = load_bank(path)
-            out[f"user:{path.stem}"] = frame[frame["complete"].astype(bool)]
+            out[USER_TASK_PREFIX + path.stem] = frame[frame["complete"].astype(bool)]
         except Exception as error:  # the library changed under a running search: go on without that bank
             logger.warning("bank library: skipping %s (%s)", path, " ".join(str(error).split()))
     return out
