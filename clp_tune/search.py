@@ -7,7 +7,6 @@ the median rule, ``Tuner.restore``); the only policy of our own is the trajector
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import sys
@@ -20,7 +19,7 @@ from clp_tune.remote import RunFileSync, is_uri, local_copy, push_report
 from clp_tune.spec import Spec, SpecError, load_spec, param_space
 from clp_tune.stopping.factory import build_scheduler
 from clp_tune.trial.trainable import train_trial
-from clp_tune.vocabulary import PRIOR_BANKS_FILE, REPORT_DIR, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
+from clp_tune.vocabulary import REPORT_DIR, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
 
 
 @dataclass(frozen=True)
@@ -184,15 +183,13 @@ def make_scheduler(spec: Spec, run_dir: Path):
 def prior_banks(spec: Spec, run_dir: Path) -> list[str]:
     """The banks of the user's library that the trajectory prior fits on, with the shipped suite's: those of the
     spec's dataset and model with complete trials. Chosen when the search starts and kept in the run directory
-    (:data:`~clp_tune.vocabulary.PRIOR_BANKS_FILE`), so that a resumed search fits on the same banks however the
+    (:func:`~clp_tune.stopping.user_banks.keep_banks`), so that a resumed search fits on the same banks however the
     library has changed since; said on stderr, since they change what the scheduler stops."""
-    from clp_tune.stopping.user_banks import library_dir, matching
+    from clp_tune.stopping.user_banks import keep_banks, kept_banks, library_dir, matching
 
-    kept = run_dir / PRIOR_BANKS_FILE
-    try:
-        return [str(path) for path in json.loads(kept.read_text())]
-    except (OSError, ValueError):  # none yet, or torn by a crash as it was written: choose now
-        pass
+    kept = kept_banks(run_dir)
+    if kept is not None:  # a resumed search
+        return kept
     directory = library_dir(spec.bank_library)
     own = matching(directory, spec.dataset, spec.model)
     if directory is None:
@@ -204,9 +201,9 @@ def prior_banks(spec: Spec, run_dir: Path) -> list[str]:
     else:
         where = f"(your library {directory} has no complete bank of {spec.dataset}/{spec.model} yet)"
     print(f"trajectory prior: the shipped suite's banks {where}", file=sys.stderr)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    kept.write_text(json.dumps([str(b.path) for b in own]))
-    return [str(b.path) for b in own]
+    chosen = [str(b.path) for b in own]
+    keep_banks(run_dir, chosen)
+    return chosen
 
 
 def trainable_for(spec: Spec):

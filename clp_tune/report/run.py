@@ -8,7 +8,6 @@ still renders, with its text.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +17,8 @@ import yaml
 
 from clp_tune.spec import Spec, SpecError, parse_spec
 from clp_tune.stopping.persistence import read_decisions
-from clp_tune.vocabulary import (
-    DECISIONS_FILE,
-    PRIOR_BANKS_FILE,
-    SPEC_FILE,
-    TRAJECTORIES_FILE,
-    TRAJECTORY_OPTIONS,
-    TRIALS_FILE,
-)
+from clp_tune.stopping.user_banks import kept_banks
+from clp_tune.vocabulary import DECISIONS_FILE, SPEC_FILE, TRAJECTORIES_FILE, TRAJECTORY_OPTIONS, TRIALS_FILE
 
 
 @dataclass(frozen=True)
@@ -147,11 +140,7 @@ def load_run(run_dir: str | Path) -> Run:
     decisions = _read_table(decisions_path) if decisions_path.exists() else None
     trials = _read_table(directory / TRIALS_FILE)
     trajectories = _read_table(directory / TRAJECTORIES_FILE)
-    try:
-        prior_banks = [str(path) for path in json.loads((directory / PRIOR_BANKS_FILE).read_text())]
-    except (OSError, ValueError):  # not recorded (another scheduler, an older run), or unreadable
-        prior_banks = None
-    return Run(directory, spec, spec_text, spec_error, trajectories, trials, decisions, prior_banks)
+    return Run(directory, spec, spec_text, spec_error, trajectories, trials, decisions, kept_banks(directory))
 
 
 def _parse_spec(text: str | None) -> tuple[Spec | None, str | None]:

@@ -14,6 +14,7 @@ cache, and a damaged entry must never stop a search.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ import pandas as pd
 
 from clp_tune.stopping.bank_library import load_bank
 from clp_tune.stopping.prior import USER_TASK_PREFIX
+from clp_tune.vocabulary import PRIOR_BANKS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +145,21 @@ def remove(directory: Path, name: str) -> Path:
         raise KeyError(name)
     path.unlink()
     return path
+
+
+def keep_banks(run_dir: Path, paths: Sequence[str]) -> None:
+    """Record in ``run_dir`` the library banks its search's prior fits on (:data:`PRIOR_BANKS_FILE`)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / PRIOR_BANKS_FILE).write_text(json.dumps(list(paths)))
+
+
+def kept_banks(run_dir: Path) -> list[str] | None:
+    """The library banks :func:`keep_banks` recorded in ``run_dir``; None when none were recorded (another scheduler,
+    an older run, a search not started yet) or the file was torn by a crash as it was written."""
+    try:
+        return [str(path) for path in json.loads((run_dir / PRIOR_BANKS_FILE).read_text())]
+    except (OSError, ValueError):
+        return None
 
 
 def load_user_banks(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
