@@ -181,29 +181,33 @@ def make_scheduler(spec: Spec, run_dir: Path):
 
 
 def prior_banks(spec: Spec, run_dir: Path) -> list[str]:
-    """The banks of the user's library that the trajectory prior fits on, with the shipped suite's: those of the
-    spec's dataset and model with complete trials. Chosen when the search starts and kept in the run directory
+    """The banks of the user's library that the trajectory prior fits on, with the shipped suite's: the newest of
+    the spec's dataset and model with complete trials, up to :data:`~clp_tune.stopping.user_banks.PRIOR_TRIALS`.
+    Chosen when the search starts and kept in the run directory
     (:func:`~clp_tune.stopping.user_banks.keep_banks`), so that a resumed search fits on the same banks however the
     library has changed since; said on stderr, since they change what the scheduler stops."""
-    from clp_tune.stopping.user_banks import keep_banks, kept_banks, library_dir, matching
+    from clp_tune.stopping.user_banks import PRIOR_TRIALS, keep_banks, kept_banks, library_dir, matching, newest
 
     kept = kept_banks(run_dir)
     if kept is not None:  # a resumed search
         return kept
     directory = library_dir(spec.bank_library)
     own = matching(directory, spec.dataset, spec.model)
+    chosen = newest(own, PRIOR_TRIALS)
     if directory is None:
         where = "(the bank library is off)"
-    elif own:
-        trials = sum(b.complete for b in own)
-        where = (f"+ {len(own)} bank(s) of your library {directory} for {spec.dataset}/{spec.model} ({trials} "
-                 "complete trials; `bank_library: off` in the spec leaves them out)")  # fmt: skip
+    elif chosen:
+        trials = sum(b.complete for b in chosen)
+        older = len(own) - len(chosen)
+        left = f"; {older} older bank(s) left out: a prior fits on about {PRIOR_TRIALS} at most" if older else ""
+        where = (f"+ {len(chosen)} bank(s) of your library {directory} for {spec.dataset}/{spec.model} ({trials} "
+                 f"complete trials{left}; `bank_library: off` in the spec leaves them all out)")  # fmt: skip
     else:
         where = f"(your library {directory} has no complete bank of {spec.dataset}/{spec.model} yet)"
     print(f"trajectory prior: the shipped suite's banks {where}", file=sys.stderr)
-    chosen = [str(b.path) for b in own]
-    keep_banks(run_dir, chosen)
-    return chosen
+    paths = [str(b.path) for b in chosen]
+    keep_banks(run_dir, paths)
+    return paths
 
 
 def trainable_for(spec: Spec):

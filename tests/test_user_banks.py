@@ -4,16 +4,19 @@ fits its prior on them, and damaged files in the library are skipped with a warn
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 from conftest import tiny_spec
 
+from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.cli import main
-from clp_tune.search import make_scheduler, run_search
+from clp_tune.search import make_scheduler, prior_banks, run_search
 from clp_tune.spec import parse_spec
-from clp_tune.stopping.user_banks import list_banks, matching
+from clp_tune.stopping.user_banks import bank_rows, list_banks, matching, newest
 from clp_tune.vocabulary import PRIOR_BANKS_FILE
 
 
@@ -74,3 +77,31 @@ def test_the_library_can_be_turned_off(tmp_path: Path, monkeypatch) -> None:
     assert make_scheduler(spec, tmp_path).user_banks == ()
     monkeypatch.setenv("CLP_TUNE_BANKS", str(tmp_path / "lib"))
     assert main(["bank", "list"]) == 0
+
+
+def test_a_search_fits_on_the_newest_banks_up_to_a_bound(tmp_path: Path, capsys) -> None:
+    """The prior's fits grow with the rows they are given and the library by a bank per finished search: a search
+    fits on its newest banks until they hold PRIOR_TRIALS complete trials, says how many it left out, and a resumed
+    search keeps its choice."""
+    library = tmp_path / "banks"
+    library.mkdir()
+    for age, (name, trials) in enumerate([("newest", 6), ("middle", 5), ("oldest", 7)]):
+        frame = synthetic_bank(trials, 4, seed=age, statistics=False)
+        bank_rows(frame, "digits", "mlp", budget=4).to_parquet(library / f"{name}.parquet")
+        os.utime(library / f"{name}.parquet", (1e9 - age, 1e9 - age))
+    assert [b.name for b in newest(list_banks(library), trials=11)] == ["newest", "middle"]  # 6 + 5 reach 11
+    assert [b.name for b in newest(list_banks(library), trials=7)] == ["newest", "middle"]  # kept whole
+    assert [b.name for b in newest(list_banks(library), trials=6)] == ["newest"]
+
+    spec = parse_spec(tiny_spec(epochs=4, scheduler={"type": "trajectory"}, bank_library=str(library)))
+    with mock.patch("clp_tune.stopping.user_banks.PRIOR_TRIALS", 11):
+        chosen = prior_banks(spec, tmp_path / "run")
+    assert chosen == [str(library / "newest.parquet"), str(library / "middle.parquet")]
+    assert "+ 2 bank(s) of your library" in (err := capsys.readouterr().err) and "(11 complete trials" in err
+    assert "1 older bank(s) left out" in err
+    os.utime(library / "oldest.parquet")  # rewritten now (a resumed run): the newest for a new search
+    assert prior_banks(spec, tmp_path / "run") == chosen  # the resumed search: the same banks
+    with mock.patch("clp_tune.stopping.user_banks.PRIOR_TRIALS", 11):
+        assert prior_banks(spec, tmp_path / "new")[0] == str(library / "oldest.parquet")
+    capsys.readouterr()
+    assert prior_banks(spec, tmp_path / "all") and "left out" not in capsys.readouterr().err  # under the bound

@@ -2,9 +2,10 @@
 
 Every finished search adds its trajectories (complete and partial, marked by the ``complete`` column) to a local
 library, one Parquet file per run, keyed by the dataset and model it trained (``config/dataset``,
-``config/model``). A later search on the same dataset and model fits its prior on those banks on top of the
-shipped suite (``TrajectoryScheduler(user_banks=...)``): a user's tenth search on a dataset no longer starts from
-other tasks' curves alone. The predictor reads only complete trials; partial ones are kept for a later use.
+``config/model``). A later search on the same dataset and model fits its prior on the newest of those banks (up to
+:data:`PRIOR_TRIALS` complete trials) on top of the shipped suite (``TrajectoryScheduler(user_banks=...)``): a
+user's tenth search on a dataset no longer starts from other tasks' curves alone. The predictor reads only complete
+trials; partial ones are kept for a later use.
 
 The library is ``~/.cache/clp_tune/banks/``, or ``$CLP_TUNE_BANKS``, or a spec's ``bank_library:`` key (``off``
 turns it off). A file that cannot be read, or that is not a bank, is skipped with a warning: a library is a
@@ -20,7 +21,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,11 @@ LIBRARY_ENV = "CLP_TUNE_BANKS"
 DEFAULT_LIBRARY = Path("~/.cache/clp_tune/banks")
 #: The spec's ``bank_library:`` value that turns the library off.
 OFF = "off"
+#: The most complete trials of the library a search's prior fits on (:func:`newest`). The prior's fits -- at the
+#: search's first predictions and at every refit, in the driver -- grow with the rows they are given, and the
+#: library grows by a bank per finished search: a bound keeps a user's hundredth search as quick to start as the
+#: tenth. The newest runs are the closest to the recipe being searched.
+PRIOR_TRIALS = 1000
 
 
 def library_dir(override: str | None = None) -> Path | None:
@@ -47,7 +53,8 @@ def library_dir(override: str | None = None) -> Path | None:
 
 @dataclass(frozen=True)
 class UserBank:
-    """One bank of the library: its file, what it trained, and how many trials it holds (complete ones apart)."""
+    """One bank of the library: its file, what it trained, how many trials it holds (complete ones apart), and when
+    it was written (a resumed run rewrites its bank)."""
 
     name: str
     path: Path
@@ -55,6 +62,7 @@ class UserBank:
     model: str
     trials: int
     complete: int
+    modified: float
 
 
 #: What the library reads of each file to list and match it: the full bank is read (and checked) only when a
@@ -78,12 +86,13 @@ def _read(path: Path) -> UserBank | None:
         frame = pq.read_table(path, columns=_SUMMARY_COLUMNS).to_pandas()
         if frame.empty:
             raise ValueError("no rows")
+        modified = path.stat().st_mtime
     except (pyarrow.ArrowException, OSError, ValueError) as error:  # a cache entry: any damage means skip it
         logger.warning("bank library: skipping %s (%s)", path, " ".join(str(error).split()))
         return None
     trials = frame.groupby("trial_id")["complete"].last().astype(bool)
     return UserBank(path.stem, path, str(frame["config/dataset"].iloc[0]), str(frame["config/model"].iloc[0]),
-                    len(trials), int(trials.sum()))  # fmt: skip
+                    len(trials), int(trials.sum()), modified)  # fmt: skip
 
 
 def list_banks(directory: Path | None) -> list[UserBank]:
@@ -96,6 +105,19 @@ def list_banks(directory: Path | None) -> list[UserBank]:
 def matching(directory: Path | None, dataset: str, model: str) -> list[UserBank]:
     """The library banks of ``dataset`` and ``model`` that hold complete trials."""
     return [b for b in list_banks(directory) if (b.dataset, b.model) == (dataset, model) and b.complete]
+
+
+def newest(banks: Sequence[UserBank], trials: int) -> list[UserBank]:
+    """The newest of ``banks`` until they hold ``trials`` complete trials (the bank that reaches it is kept whole:
+    a prior fits on whole runs), newest first.
+
+    Example: banks of 400, 300 and 500 complete trials, oldest first, give the last two for 600 trials."""
+    chosen: list[UserBank] = []
+    for bank in sorted(banks, key=lambda b: (b.modified, b.name), reverse=True):
+        if sum(b.complete for b in chosen) >= trials:
+            break
+        chosen.append(bank)
+    return chosen
 
 
 def bank_rows(trajectories: pd.DataFrame, dataset: str, model: str, budget: int) -> pd.DataFrame:
@@ -135,7 +157,7 @@ def add_file(directory: Path, source: Path) -> UserBank:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / source.name
     shutil.copyfile(source, target)
-    return UserBank(bank.name, target, bank.dataset, bank.model, bank.trials, bank.complete)
+    return replace(bank, path=target, modified=target.stat().st_mtime)
 
 
 def remove(directory: Path, name: str) -> Path:
