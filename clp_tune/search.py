@@ -186,13 +186,21 @@ def prior_banks(spec: Spec, run_dir: Path) -> list[str]:
     Chosen when the search starts and kept in the run directory
     (:func:`~clp_tune.stopping.user_banks.keep_banks`), so that a resumed search fits on the same banks however the
     library has changed since; said on stderr, since they change what the scheduler stops."""
-    from clp_tune.stopping.user_banks import PRIOR_TRIALS, keep_banks, kept_banks, library_dir, matching, newest
+    from clp_tune.stopping.user_banks import (
+        PRIOR_TRIALS,
+        keep_banks,
+        kept_banks,
+        library_dir,
+        list_banks,
+        matching,
+        newest,
+    )
 
     kept = kept_banks(run_dir)
     if kept is not None:  # a resumed search
         return kept
     directory = library_dir(spec.bank_library)
-    own = matching(directory, spec.dataset, spec.model)
+    own = matching(list_banks(directory), spec.dataset, spec.model)
     chosen = newest(own, PRIOR_TRIALS)
     if directory is None:
         where = "(the bank library is off)"

@@ -58,7 +58,9 @@ def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_p
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.user_banks"):
         assert [(b.name, b.complete) for b in list_banks(library)] == [("first", bank.complete), ("partial", 0)]
-        assert [b.path for b in matching(library, "digits", "mlp")] == [library / "first.parquet"]  # none yet
+        assert [b.path for b in matching(list_banks(library), "digits", "mlp")] == [
+            library / "first.parquet"
+        ]  # none yet
     assert "partial" not in caplog.text  # a valid entry, not a damaged one
 
     assert main(["bank", "list", "--library", str(library)]) == 0
@@ -99,6 +101,10 @@ def test_a_search_fits_on_the_newest_banks_up_to_a_bound(tmp_path: Path, capsys)
     assert chosen == [str(library / "newest.parquet"), str(library / "middle.parquet")]
     assert "+ 2 bank(s) of your library" in (err := capsys.readouterr().err) and "(11 complete trials" in err
     assert "1 older bank(s) left out" in err
+    with mock.patch("clp_tune.stopping.user_banks.PRIOR_TRIALS", 11):
+        assert main(["bank", "list", "--library", str(library)]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert listed["oldest"].endswith("left out (older)") and listed["middle"].endswith("fitted on")
     os.utime(library / "oldest.parquet")  # rewritten now (a resumed run): the newest for a new search
     assert prior_banks(spec, tmp_path / "run") == chosen  # the resumed search: the same banks
     with mock.patch("clp_tune.stopping.user_banks.PRIOR_TRIALS", 11):

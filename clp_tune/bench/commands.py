@@ -165,7 +165,9 @@ def add_bank_parser(commands: argparse._SubParsersAction) -> None:
     library = argparse.ArgumentParser(add_help=False)
     library.add_argument("--library", help="the library directory (default: $CLP_TUNE_BANKS, else "
                          "~/.cache/clp_tune/banks)")  # fmt: skip
-    listing = actions.add_parser("list", parents=[library], help="the library's banks: dataset, model, trials")
+    listing = actions.add_parser(
+        "list", parents=[library], help="the library's banks: dataset, model, trials, and which a new search fits on"
+    )
     listing.set_defaults(handler=_lazy("clp_tune.stopping.user_banks", "list_command"))
     add = actions.add_parser("add", parents=[library], help="copy a bank Parquet into the library")
     add.add_argument("path", type=Path, help="a bank with config/dataset, config/model and complete columns")

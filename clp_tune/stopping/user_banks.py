@@ -102,9 +102,9 @@ def list_banks(directory: Path | None) -> list[UserBank]:
     return [bank for path in sorted(directory.glob("*.parquet")) if (bank := _read(path)) is not None]
 
 
-def matching(directory: Path | None, dataset: str, model: str) -> list[UserBank]:
-    """The library banks of ``dataset`` and ``model`` that hold complete trials."""
-    return [b for b in list_banks(directory) if (b.dataset, b.model) == (dataset, model) and b.complete]
+def matching(banks: Sequence[UserBank], dataset: str, model: str) -> list[UserBank]:
+    """The ``banks`` of ``dataset`` and ``model`` that hold complete trials."""
+    return [b for b in banks if (b.dataset, b.model) == (dataset, model) and b.complete]
 
 
 def newest(banks: Sequence[UserBank], trials: int) -> list[UserBank]:
@@ -225,10 +225,14 @@ def list_command(args) -> int:
         print(f"the bank library is off (${LIBRARY_ENV}={OFF})")
         return 0
     banks = list_banks(directory)
-    print(f"bank library {directory}: {len(banks)} bank(s)")
+    print(f"bank library {directory}: {len(banks)} bank(s); a search fits on the newest of its dataset and model, "
+          f"up to {PRIOR_TRIALS} complete trials")  # fmt: skip
+    fitted = {b.path for kind in {(b.dataset, b.model) for b in banks}
+              for b in newest(matching(banks, *kind), PRIOR_TRIALS)}  # fmt: skip
     for bank in banks:
+        use = "fitted on" if bank.path in fitted else "left out (older)" if bank.complete else "no complete trial"
         print(f"  {bank.name:<40} {bank.dataset:<14} {bank.model:<10} {bank.trials:>5} trials, "
-              f"{bank.complete} complete")  # fmt: skip
+              f"{bank.complete:>5} complete  {use}")  # fmt: skip
     return 0
 
 
