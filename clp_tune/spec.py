@@ -108,7 +108,7 @@ class Spec(_Strict):
     resources: Resources = Resources()
     max_failures: int = Field(1, ge=0)
     # The user's bank library (clp_tune.stopping.user_banks): a directory, or "off"; default $CLP_TUNE_BANKS, else
-    # ~/.cache/clp_tune/banks. A finished search adds its trajectories; a trajectory search fits on its matches.
+    # ~/.cache/clp_tune/banks. A finished search adds its trajectories; a trajectory search fits on its newest matches.
     bank_library: str | None = Field(None, min_length=1)
     statistics: list[str] = Field(default_factory=lambda: list(STATISTIC_GROUPS))
     # How a trial trains on its device (not searched): augmentation (default: on for CIFAR, off elsewhere); on CUDA,
