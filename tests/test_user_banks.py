@@ -69,6 +69,14 @@ def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_p
     assert "foreign.parquet" in capsys.readouterr().err
     assert main(["bank", "add", str(library / "first.parquet"), "--library", str(tmp_path / "b2")]) == 0
     assert [b.name for b in list_banks(tmp_path / "b2")] == ["first"]
+    for again in (library / "first.parquet", tmp_path / "b2" / "first.parquet"):  # the same name; the same file
+        assert main(["bank", "add", str(again), "--library", str(tmp_path / "b2")]) == 2
+        assert "already has a bank named 'first'" in capsys.readouterr().err
+    shutil.copyfile(library / "first.parquet", tmp_path / "other.pq")
+    assert main(["bank", "add", str(tmp_path / "other.pq"), "--library", str(tmp_path / "b2")]) == 0
+    assert [b.name for b in list_banks(tmp_path / "b2")] == ["first", "other"]  # listed whatever its suffix was
+    assert list((tmp_path / "b2").glob("*.tmp")) == []
+    assert main(["bank", "remove", "other", "--library", str(tmp_path / "b2")]) == 0
     assert main(["bank", "remove", "nothing", "--library", str(tmp_path / "b2")]) == 2
     assert main(["bank", "remove", "first", "--library", str(tmp_path / "b2")]) == 0
     assert list_banks(tmp_path / "b2") == []

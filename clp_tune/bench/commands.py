@@ -169,7 +169,9 @@ def add_bank_parser(commands: argparse._SubParsersAction) -> None:
         "list", parents=[library], help="the library's banks: dataset, model, trials, and which a new search fits on"
     )
     listing.set_defaults(handler=_lazy("clp_tune.stopping.user_banks", "list_command"))
-    add = actions.add_parser("add", parents=[library], help="copy a bank Parquet into the library")
+    add = actions.add_parser("add", parents=[library], help="copy a bank Parquet into the library",
+                             description="Copy a bank Parquet into the library as <its stem>.parquet; refused when "
+                             "the library already has a bank of that name.")  # fmt: skip
     add.add_argument("path", type=Path, help="a bank with config/dataset, config/model and complete columns")
     add.set_defaults(handler=_lazy("clp_tune.stopping.user_banks", "add_command"))
     remove = actions.add_parser("remove", parents=[library], help="delete a bank from the library")

@@ -149,14 +149,21 @@ def add_run(
 
 
 def add_file(directory: Path, source: Path) -> UserBank:
-    """Copy a bank Parquet into the library; ValueError when it is not a library bank (see :func:`bank_rows`)."""
+    """Copy a bank Parquet into the library as ``<its stem>.parquet`` (a search lists only those); ValueError when it
+    is not a library bank (see :func:`bank_rows`), FileExistsError when the library has a bank of that name.
+
+    Copied to a temporary file first and renamed: a copy cut short never shows as a bank."""
     load_bank(source)  # ValueError naming the column when its values are not a bank's
     bank = _read(source)
     if bank is None:
         raise ValueError(f"{source}: not a bank with config/dataset, config/model and complete columns")
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / source.name
-    shutil.copyfile(source, target)
+    target = directory / f"{source.stem}.parquet"
+    if target.exists():
+        raise FileExistsError(target)
+    partial = target.with_suffix(f".{os.getpid()}.tmp")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
     return replace(bank, path=target, modified=target.stat().st_mtime)
 
 
@@ -244,6 +251,9 @@ def add_command(args, directory: Path) -> int:
         bank = add_file(directory, args.path)
     except ValueError as error:
         return _error(str(error))
+    except FileExistsError:
+        return _error(f"{directory} already has a bank named {args.path.stem!r}: `clp-tune bank remove "
+                      f"{args.path.stem}` first, or copy the file under another name")  # fmt: skip
     print(f"added {bank.name} ({bank.dataset}, {bank.model}: {bank.trials} trials, {bank.complete} complete) to "
           f"{directory}")  # fmt: skip
     return 0
