@@ -207,7 +207,7 @@ def prior_banks(spec: Spec, run_dir: Path) -> list[str]:
     elif chosen:
         trials = sum(b.complete for b in chosen)
         older = len(own) - len(chosen)
-        left = f"; {older} older bank(s) left out: a prior fits on about {PRIOR_TRIALS} at most" if older else ""
+        left = f"; {older} older bank(s) left out, past the newest {PRIOR_TRIALS} complete trials" if older else ""
         where = (f"+ {len(chosen)} bank(s) of your library {directory} for {spec.dataset}/{spec.model} ({trials} "
                  f"complete trials{left}; `bank_library: off` in the spec leaves them all out)")  # fmt: skip
     else:

@@ -58,9 +58,8 @@ def test_a_search_grows_the_library_and_the_next_one_fits_on_it(ray_local, tmp_p
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.user_banks"):
         assert [(b.name, b.complete) for b in list_banks(library)] == [("first", bank.complete), ("partial", 0)]
-        assert [b.path for b in matching(list_banks(library), "digits", "mlp")] == [
-            library / "first.parquet"
-        ]  # none yet
+        fitted = matching(list_banks(library), "digits", "mlp")
+        assert [b.path for b in fitted] == [library / "first.parquet"]  # none of the partial run's trials yet
     assert "partial" not in caplog.text  # a valid entry, not a damaged one
 
     assert main(["bank", "list", "--library", str(library)]) == 0

@@ -113,10 +113,12 @@ def newest(banks: Sequence[UserBank], trials: int) -> list[UserBank]:
 
     Example: banks of 400, 300 and 500 complete trials, oldest first, give the last two for 600 trials."""
     chosen: list[UserBank] = []
+    held = 0
     for bank in sorted(banks, key=lambda b: (b.modified, b.name), reverse=True):
-        if sum(b.complete for b in chosen) >= trials:
+        if held >= trials:
             break
         chosen.append(bank)
+        held += bank.complete
     return chosen
 
 
