@@ -19,7 +19,7 @@ from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import is_complete, trajectories_from_frame, trajectory_features
 from clp_tune.stopping.incontext import InContextModel
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, last_value_prediction
-from clp_tune.stopping.prior import USER_FOLDS, USER_TASK_PREFIX, fold_labels, pooled
+from clp_tune.stopping.prior import USER_FOLDS, USER_TASK_PREFIX, fold_labels, pooled, task_of
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +236,18 @@ def test_the_users_runs_share_a_few_folds_so_the_first_fit_does_not_grow_with_th
     runs = {f"{USER_TASK_PREFIX}run{i}": synthetic_bank(12, 10, seed=i) for i in range(2 * USER_FOLDS + 2)}
     predictor = FinalAccuracyPredictor(pooled(runs))
     probe = [t for t in trajectories_from_frame(synthetic_bank(12, 10, seed=99)) if is_complete(t)]
-    for module, context in (("predictor", None), ("incontext", _search_of(probe, 0, 5))):
-        with mock.patch(f"clp_tune.stopping.{module}.trees", wraps=trees) as fitted:
-            predictor.predict(probe[0].upto(5), probe[0].config, probe[0].budget, context)
-        fold_fits = [c for c in fitted.call_args_list if c.args[0] == 60]  # the out-of-fold trees
-        assert len(fold_fits) == USER_FOLDS, (module, len(fold_fits))
+    with mock.patch("clp_tune.stopping.predictor.trees", wraps=trees) as fitted:
+        predictor.predict(probe[0].upto(5), probe[0].config, probe[0].budget)
+    fold_fits = [c for c in fitted.call_args_list if c.args[0] == 60]  # the out-of-fold trees
+    assert len(fold_fits) == USER_FOLDS
+
+
+def test_the_users_runs_are_not_searches_for_the_in_context_model() -> None:
+    """A library run holds only the trials its stopper let finish: the in-context model, which learns where a
+    trial stands among the others of its search, leaves such runs out (the gain trees keep them)."""
+    runs = {f"{USER_TASK_PREFIX}run{i}": synthetic_bank(12, 10, seed=i) for i in range(3)}
+    assert not FinalAccuracyPredictor(pooled(runs))._incontext_model().usable
+    with_task = FinalAccuracyPredictor(pooled({"shipped": synthetic_bank(12, 10, seed=7), **runs}))
+    model = with_task._incontext_model()
+    assert model.usable and set(model._task.tolist()) == {0}  # the one shipped task
+    assert any(task_of(t).startswith(USER_TASK_PREFIX) for t in with_task.prior_trial_ids)  # the trees' data

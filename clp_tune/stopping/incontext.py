@@ -12,8 +12,7 @@ mean instead ranked worse than the last value on some held-out tasks).
 Bank trials are compared only with trials of their own task. Which of the others have finished (and so which is
 the incumbent) is drawn at random per trial, as a search sees it part-way; the draw is seeded, so fits stay
 deterministic. The spread's trees are fitted on out-of-fold errors with one fold per task: a prior's errors on a
-task it has not seen, which is how it is used (the user's runs of the search's own dataset and model share a few,
-:func:`~clp_tune.stopping.prior.fold_labels`).
+task it has not seen, which is how it is used.
 """
 
 from __future__ import annotations
@@ -58,19 +57,13 @@ class InContextModel:
         tasks: per task, its complete trajectories and, per trajectory, its feature rows at
             :func:`~clp_tune.stopping.features.cut_epochs` (as the predictor computed them).
         seed: seed of the trees and of the draw of finished trials.
-        folds: per task, its out-of-fold group (:func:`~clp_tune.stopping.prior.fold_labels`); default one per
-            task.
     """
 
     def __init__(
-        self,
-        tasks: Sequence[tuple[Sequence[Trajectory], Sequence[Sequence[Mapping[str, float]]]]],
-        seed: int,
-        folds: Sequence[int] | None = None,
+        self, tasks: Sequence[tuple[Sequence[Trajectory], Sequence[Sequence[Mapping[str, float]]]]], seed: int
     ):
         self.seed = seed
-        folds = range(len(tasks)) if folds is None else folds
-        xs, ys, fold_of_row, trial_of_row = [], [], [], []
+        xs, ys, task_of_row, trial_of_row = [], [], [], []
         trial = 0
         for t, (trajectories, rows) in enumerate(tasks):
             if len(trajectories) <= CONTEXT_MIN:
@@ -91,12 +84,12 @@ class InContextModel:
                     features = {**row, **context_features(curves[i][:epoch], context)}
                     xs.append([features[c] for c in COLUMNS])
                     ys.append((float(logit(trajectory.final)) - float(logit(row["val_acc_level"]))) / spread)
-                    fold_of_row.append(folds[t])
+                    task_of_row.append(t)
                     trial_of_row.append(trial)
                 trial += 1
         self._x = np.asarray(xs, dtype=float).reshape(len(xs), len(COLUMNS))
         self._y = np.asarray(ys, dtype=float)
-        self._fold = np.asarray(fold_of_row, dtype=int)
+        self._task = np.asarray(task_of_row, dtype=int)
         self._trial = np.asarray(trial_of_row, dtype=int)
         self._fits: dict[frozenset[str], TreesWithError | None] = {}
 
@@ -112,7 +105,7 @@ class InContextModel:
         x = self._x[:, index]
         medians = np.nanmedian(x, axis=0)
         x = np.where(np.isnan(x), medians, x)
-        folds = self._fold if len(np.unique(self._fold)) > 1 else self._trial % 3
+        folds = self._task if len(np.unique(self._task)) > 1 else self._trial % 3
         oof = np.zeros_like(self._y)
         for k, fold in enumerate(np.unique(folds)):
             test = folds == fold

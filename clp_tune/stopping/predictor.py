@@ -59,7 +59,7 @@ from clp_tune.stopping.features import (
     trajectory_features,
 )
 from clp_tune.stopping.incontext import InContextModel, spread_at
-from clp_tune.stopping.prior import fold_labels, pooled, suite_banks, task_of
+from clp_tune.stopping.prior import USER_TASK_PREFIX, fold_labels, pooled, suite_banks, task_of
 from clp_tune.stopping.search_line import LinePrediction, SearchLine
 
 #: The prior's weight in :func:`pool`, in finished trials of the search: after this many, the search's own line
@@ -360,14 +360,23 @@ class FinalAccuracyPredictor:
         return folds if len(np.unique(folds)) > 1 else group % 3
 
     def _incontext_model(self) -> InContextModel:
-        """The in-context model on the bank's tasks, built on first use (it shares the gain trees' examples)."""
+        """The in-context model on the bank's tasks, built on first use (it shares the gain trees' examples).
+
+        The user's library runs (:data:`~clp_tune.stopping.prior.USER_TASK_PREFIX`) are left out: the model learns
+        where a trial stands among the other trials of its search, and a library run holds only the trials its
+        stopper let finish, all near the top. Learned as searches, they taught the model that a trial near the top
+        of its search gains little, and the next search of their task stopped far later than without them (see the
+        README). The gain trees, which read each trial alone, keep them."""
         if self._incontext is None:
             by_task: dict[str, tuple[list[Trajectory], list[list[dict[str, float]]]]] = {}
             for position, trajectory in enumerate(self._bank):
-                trajectories, rows = by_task.setdefault(task_of(str(trajectory.config["trial_id"])), ([], []))
+                task = task_of(str(trajectory.config["trial_id"]))
+                if task.startswith(USER_TASK_PREFIX):
+                    continue
+                trajectories, rows = by_task.setdefault(task, ([], []))
                 trajectories.append(trajectory)
                 rows.append(self._examples_of(position, trajectory)[0])
-            self._incontext = InContextModel(list(by_task.values()), self.seed, fold_labels(list(by_task)))
+            self._incontext = InContextModel(list(by_task.values()), self.seed)
         return self._incontext
 
     # -- predicting -----------------------------------------------------------------------------------------
