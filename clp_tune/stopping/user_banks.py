@@ -5,7 +5,8 @@ library, one Parquet file per run, keyed by the dataset and model it trained (``
 ``config/model``). A later search on the same dataset and model fits its prior on the newest of those banks (up to
 :data:`PRIOR_TRIALS` complete trials) on top of the shipped suite (``TrajectoryScheduler(user_banks=...)``): a
 user's tenth search on a dataset no longer starts from other tasks' curves alone. The predictor reads only complete
-trials; partial ones are kept for a later use.
+trials, and only in its gain trees: a run's complete trials are the ones its stopper let finish, not a search, so the
+in-context model leaves them out. Partial trials are kept for a later use.
 
 The library is ``~/.cache/clp_tune/banks/``, or ``$CLP_TUNE_BANKS``, or a spec's ``bank_library:`` key (``off``
 turns it off). A file that cannot be read, or that is not a bank, is skipped with a warning: a library is a
