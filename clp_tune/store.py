@@ -17,6 +17,7 @@ After ``Tuner.restore`` a resumed trial re-reports epochs after its checkpoint; 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -32,19 +33,24 @@ _RAY_COLUMNS = (
 )  # fmt: skip
 
 
+def atomic_replace(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(temporary path)``, then rename it over ``path``: a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def write_table(frame: pd.DataFrame, path: Path, compression: str = "snappy") -> None:
-    """Write ``frame`` as Parquet atomically (temp file, then rename), so readers never see half a file.
+    """Write ``frame`` as Parquet atomically (:func:`atomic_replace`), so readers never see half a file.
 
     ``compression="zstd"`` is for files shipped with the package (smaller, slower to write)."""
     frame = frame.copy()
     for column in frame.columns:
         if frame[column].dtype == object or str(frame[column].dtype).startswith("str"):
             frame[column] = frame[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     level = 19 if compression == "zstd" else None
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, compression=compression,
-                   compression_level=level)  # fmt: skip
-    os.replace(tmp, path)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    atomic_replace(path, lambda tmp: pq.write_table(table, tmp, compression=compression, compression_level=level))
 
 
 def _error_reason(trial) -> str | None:

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from clp_tune.stopping.policy import PAUSED, STOP_OUTCOMES, TrialState, clean
+from clp_tune.store import atomic_replace
 from clp_tune.vocabulary import DECISIONS_FILE, SCHEDULER_JOURNAL_FILE, SCHEDULER_STATE_FILE
 
 _STATE_VERSION = 1
@@ -73,13 +73,6 @@ def _parts(path: Path) -> pd.DataFrame:
     files = sorted(path.glob("part-*.parquet"))
     frames = [pd.read_parquet(f) for f in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DECISION_COLUMNS)
-
-
-def _atomic_replace(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(temporary path)``, then rename it over ``path``: a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class StateStore:
@@ -168,7 +161,7 @@ class StateStore:
             "trials": {tid: vars(s) for tid, s in state.trials.items()},  # (asdict would deep-copy every list)
             "finished_order": state.finished_order,
         }
-        _atomic_replace(self.state_dir / SCHEDULER_STATE_FILE, lambda tmp: tmp.write_text(json.dumps(saved)))
+        atomic_replace(self.state_dir / SCHEDULER_STATE_FILE, lambda tmp: tmp.write_text(json.dumps(saved)))
         new = pd.DataFrame(state.decisions[state.decisions_saved :], columns=DECISION_COLUMNS)
         if len(new):
             parts = self.state_dir / DECISIONS_FILE
@@ -179,7 +172,7 @@ class StateStore:
                 old.to_parquet(parts / "part-000000000.parquet", index=False)
             parts.mkdir(exist_ok=True)
             name = f"part-{state.decisions_saved:09d}.parquet"  # named by its first row: sorted = in order
-            _atomic_replace(parts / name, lambda tmp: new.to_parquet(tmp, index=False))
+            atomic_replace(parts / name, lambda tmp: new.to_parquet(tmp, index=False))
             state.decisions_saved = len(state.decisions)
         (self.state_dir / SCHEDULER_JOURNAL_FILE).unlink(missing_ok=True)
         self._since_snapshot, self._snapshot_rows = 0, _rows(state)

@@ -160,13 +160,13 @@ def add_file(directory: Path, source: Path) -> UserBank:
     bank = _read(source)
     if bank is None:
         raise ValueError(f"{source}: not a bank with config/dataset, config/model and complete columns")
+    from clp_tune.store import atomic_replace
+
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{source.stem}.parquet"
     if target.exists():
         raise FileExistsError(target)
-    partial = target.with_suffix(f".{os.getpid()}.tmp")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    atomic_replace(target, lambda partial: shutil.copyfile(source, partial))
     return replace(bank, path=target, modified=target.stat().st_mtime)
 
 
