@@ -282,3 +282,20 @@ def test_scheduler_cost_times_every_result(tmp_path: Path, capsys) -> None:
     assert main([*common, "--judged-epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert int(re.search(r"(\d+) results judged", out).group(1)) <= 30 * 2 and "capped" in out
+
+
+def test_cost_benchmarks_refuse_bad_sizes_and_banks_with_exit_2(tmp_path: Path, capsys) -> None:
+    """Each of these was a traceback (exit 1) after the search or the recording had started."""
+    for arguments in (["bench", "scheduler-cost", "--trials", "0"], ["bench", "scheduler-cost", "--workers", "x"],
+                      ["bench", "scheduler-cost", "--judged-epochs", "0"], ["bank", "record", "--trials", "0"],
+                      ["bank", "record", "--epochs", "0"]):  # fmt: skip
+        with pytest.raises(SystemExit) as refused:
+            main(arguments)
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert refused.value.code == 2 and arguments[2] in last and "expected an integer >= 1" in last, arguments
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    for bank in (tmp_path / "missing.parquet", tmp_path / "junk.parquet"):
+        assert main(["bench", "scheduler-cost", "--trials", "5", "--bank", str(bank)]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith("error: --bank: ") and len(captured.err.strip().splitlines()) == 1
+        assert "results judged" not in captured.out

@@ -176,8 +176,16 @@ def schedulers(args: argparse.Namespace) -> int:
 
 
 def scheduler_cost(args: argparse.Namespace) -> int:
+    """``clp-tune bench scheduler-cost``: exit 2 with one line on a bad ``--bank``, before the search starts."""
     from clp_tune.bench.cost import print_cost
     from clp_tune.bench.cost import scheduler_cost as measure
+    from clp_tune.bench.priors import BenchInputError, bank_at
 
+    if args.bank is not None:
+        try:
+            bank_at(args.bank, "--bank")
+        except BenchInputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     print_cost(measure(args.trials, args.epochs, args.workers, args.seed, args.judged_epochs, args.bank))
     return 0

@@ -99,7 +99,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         "max) and the driver's resident memory.",
     )  # fmt: skip
     _add_synthetic_search(cost, epochs=100, workers_help="concurrent trial slots (default 8)")
-    cost.add_argument("--judged-epochs", type=int, help="report only the first N epochs of each trial to the "
+    cost.add_argument("--judged-epochs", type=at_least_one, help="report only the first N epochs of each trial to the "
                       "scheduler (default: all); the output says so")  # fmt: skip
     cost.add_argument("--bank", help="bank Parquet for the prior (default: every shipped bank, as a search)")
     cost.set_defaults(handler=_lazy(benchmarks, "scheduler_cost"))
@@ -132,11 +132,22 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     load.set_defaults(handler=_lazy("clp_tune.bench.driver_load", "driver_load_command"))
 
 
+def at_least_one(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option and exits 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def _add_synthetic_search(parser: argparse.ArgumentParser, epochs: int, workers_help: str) -> None:
     """The size of the synthetic search (``clp_tune.bench.synthetic``) a cost benchmark replays."""
-    parser.add_argument("--trials", type=int, default=2000, help="trials of the synthetic bank (default 2000)")
-    parser.add_argument("--epochs", type=int, default=epochs, help=f"epochs per trial (default {epochs})")
-    parser.add_argument("--workers", type=int, default=8, help=workers_help)
+    parser.add_argument("--trials", type=at_least_one, default=2000, help="trials of the synthetic bank (default 2000)")
+    parser.add_argument("--epochs", type=at_least_one, default=epochs, help=f"epochs per trial (default {epochs})")
+    parser.add_argument("--workers", type=at_least_one, default=8, help=workers_help)
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic bank and the order (default 0)")
 
 
@@ -184,9 +195,9 @@ def add_bank_parser(commands: argparse._SubParsersAction) -> None:
         "records it again with its own dataset, model, optimizer, budget, trials and seed",
     )
     record.add_argument("--out", type=Path, help="where the bank goes (default: the task's shipped file)")
-    record.add_argument("--trials", type=int, default=200)
-    record.add_argument("--epochs", type=int, default=40)
-    record.add_argument("--workers", type=int, default=os.cpu_count())
+    record.add_argument("--trials", type=at_least_one, default=200)
+    record.add_argument("--epochs", type=at_least_one, default=40)
+    record.add_argument("--workers", type=at_least_one, default=os.cpu_count())
     record.add_argument("--seed", type=int, default=0)
     record.add_argument("--space", default="wide", help="where lr and dropout are sampled: wide or regularized")
     record.set_defaults(handler=_lazy("clp_tune.bench.record", "record_command"))

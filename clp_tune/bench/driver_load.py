@@ -126,8 +126,6 @@ def driver_load_command(args: argparse.Namespace) -> int:
     trial errored, 2 on bad arguments."""
     try:
         kept_values = positive_integers("--checkpoints-kept", args.checkpoints_kept, "1,2")
-        if args.trials < 1 or args.epochs < 1 or args.workers < 1:
-            raise ValueError("--trials, --epochs and --workers: expected integers >= 1")
         if args.dir is not None:
             try:  # a missing folder is made: it only holds the replays' temporary run directories
                 Path(args.dir).mkdir(parents=True, exist_ok=True)
