@@ -21,7 +21,7 @@ from clp_tune.bench.suite import Setup, run_benchmark
 from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.bench.tables import print_task
 from clp_tune.cli import main
-from clp_tune.stopping.bank_library import SUITE, BankTask
+from clp_tune.stopping.bank_library import SHIPPED_BANK, SUITE, BankTask
 from clp_tune.stopping.factory import build_scheduler
 from clp_tune.stopping.features import trajectories_from_frame
 from clp_tune.stopping.predictor import FinalAccuracyPredictor
@@ -284,11 +284,13 @@ def test_scheduler_cost_times_every_result(tmp_path: Path, capsys) -> None:
     assert int(re.search(r"(\d+) results judged", out).group(1)) <= 30 * 2 and "capped" in out
 
 
-def test_cost_benchmarks_refuse_bad_sizes_and_banks_with_exit_2(tmp_path: Path, capsys) -> None:
-    """Each of these was a traceback (exit 1) after the search or the recording had started."""
+def test_benchmarks_and_recording_refuse_bad_sizes_and_banks_with_exit_2(tmp_path: Path, capsys) -> None:
+    """Each of these was a traceback (exit 1) after the search or the recording had started, and `bank record`
+    without --task or --out replaced the shipped bank, every search's prior."""
     for arguments in (["bench", "scheduler-cost", "--trials", "0"], ["bench", "scheduler-cost", "--workers", "x"],
                       ["bench", "scheduler-cost", "--judged-epochs", "0"], ["bank", "record", "--trials", "0"],
-                      ["bank", "record", "--epochs", "0"]):  # fmt: skip
+                      ["bank", "record", "--epochs", "0"], ["bench", "mnist1d-reference", "--seeds", "0"],
+                      ["bench", "statistics-overhead", "--repeats", "0"]):  # fmt: skip
         with pytest.raises(SystemExit) as refused:
             main(arguments)
         last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -299,3 +301,6 @@ def test_cost_benchmarks_refuse_bad_sizes_and_banks_with_exit_2(tmp_path: Path, 
         captured = capsys.readouterr()
         assert captured.err.startswith("error: --bank: ") and len(captured.err.strip().splitlines()) == 1
         assert "results judged" not in captured.out
+    shipped = SHIPPED_BANK.stat().st_mtime_ns
+    assert main(["bank", "record", "--trials", "1", "--epochs", "1"]) == 2
+    assert "--out" in capsys.readouterr().err and SHIPPED_BANK.stat().st_mtime_ns == shipped

@@ -39,16 +39,25 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     kinds = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     benchmarks = "clp_tune.bench.benchmarks"
 
-    reference = kinds.add_parser("mnist1d-reference", help="train the default mnist1d CNN recipe; print test accuracy")
-    reference.add_argument("--epochs", type=int, default=100)
-    reference.add_argument("--seeds", type=int, default=3)
-    reference.add_argument("--threads", type=int, default=1)
+    reference = kinds.add_parser(
+        "mnist1d-reference", help="train the default mnist1d CNN recipe; print test accuracy",
+        description="Train the default mnist1d CNN recipe once per seed, without Ray, and print each seed's test "
+        "accuracy and their mean against the reference target; exit 1 when the mean misses it.",
+    )  # fmt: skip
+    reference.add_argument("--epochs", type=at_least_one, default=100, help="epochs per seed (default 100)")
+    reference.add_argument("--seeds", type=at_least_one, default=3, help="seeds 0..N-1 (default 3)")
+    reference.add_argument("--threads", type=at_least_one, default=1, help="torch threads (default 1)")
     reference.set_defaults(handler=_lazy(benchmarks, "mnist1d_reference"))
 
-    overhead = kinds.add_parser("statistics-overhead", help="cost of the trajectory statistics per epoch")
-    overhead.add_argument("--epochs", type=int, default=8)
-    overhead.add_argument("--repeats", type=int, default=3)
-    overhead.add_argument("--threads", type=int, default=1)
+    overhead = kinds.add_parser(
+        "statistics-overhead", help="cost of the trajectory statistics per epoch",
+        description="Train the quickstart model with every trajectory statistic and with none, run by run in turn, "
+        "and print the time spent inside the statistics and the two median epoch times side by side.",
+    )  # fmt: skip
+    overhead.add_argument("--epochs", type=at_least_one, default=8, help="epochs per run; the first is not timed "
+                          "(default 8)")  # fmt: skip
+    overhead.add_argument("--repeats", type=at_least_one, default=3, help="runs each way (default 3)")
+    overhead.add_argument("--threads", type=at_least_one, default=1, help="torch threads (default 1)")
     overhead.set_defaults(handler=_lazy(benchmarks, "statistics_overhead"))
 
     sched = kinds.add_parser(
@@ -188,16 +197,25 @@ def add_bank_parser(commands: argparse._SubParsersAction) -> None:
     remove = actions.add_parser("remove", parents=[library], help="delete a bank from the library")
     remove.add_argument("name", help="the bank's name, as `bank list` shows it")
     remove.set_defaults(handler=_lazy("clp_tune.stopping.user_banks", "remove_command"))
-    record = actions.add_parser("record", help="train sampled mnist1d configurations to the end and store them")
+    record = actions.add_parser(
+        "record", help="train sampled configurations to the end, without stopping, and store them as a bank",
+        description="Train sampled configurations to the end of their budget, without Ray or early stopping, in a "
+        "process pool, and write their trajectories as a bank Parquet. With --task, a task of the shipped suite is "
+        "recorded again with its own dataset, model, optimizer, budget, trials and seed; without it, the mnist1d "
+        "CNN with --trials, --epochs, --seed and --space, written to --out.",
+    )  # fmt: skip
     record.add_argument(
         "--task",
         help="a task of the shipped suite (clp_tune.stopping.bank_library.SUITE): "
         "records it again with its own dataset, model, optimizer, budget, trials and seed",
     )
-    record.add_argument("--out", type=Path, help="where the bank goes (default: the task's shipped file)")
-    record.add_argument("--trials", type=at_least_one, default=200)
-    record.add_argument("--epochs", type=at_least_one, default=40)
-    record.add_argument("--workers", type=at_least_one, default=os.cpu_count())
-    record.add_argument("--seed", type=int, default=0)
-    record.add_argument("--space", default="wide", help="where lr and dropout are sampled: wide or regularized")
+    record.add_argument("--out", type=Path, help="where the bank goes (with --task, default: the task's shipped "
+                        "file, which it replaces; without --task, required)")  # fmt: skip
+    record.add_argument("--trials", type=at_least_one, default=200, help="configurations (default 200)")
+    record.add_argument("--epochs", type=at_least_one, default=40, help="epochs each (default 40)")
+    record.add_argument("--workers", type=at_least_one, default=os.cpu_count(), help="processes (default: the "
+                        "machine's cores)")  # fmt: skip
+    record.add_argument("--seed", type=int, default=0, help="seed of the configurations' draw (default 0)")
+    record.add_argument("--space", default="wide", help="where lr and dropout are sampled: wide, regularized or "
+                        "sgd (default wide)")  # fmt: skip
     record.set_defaults(handler=_lazy("clp_tune.bench.record", "record_command"))

@@ -128,7 +128,10 @@ def record_command(args) -> int:
     if args.space not in SPACES:
         print(f"error: --space: expected one of {', '.join(SPACES)}, got {args.space!r}", file=sys.stderr)
         return 2
-    out = args.out or SUITE["mnist1d_cnn1d_adamw_40"].path
-    frame = record_bank(out, args.trials, args.epochs, args.workers, args.seed, args.space)
-    print(f"wrote {out}: {frame.trial_id.nunique()} trials, {len(frame)} rows")
+    if args.out is None:  # the shipped bank is every search's prior: replacing it takes --task
+        print("error: --out: expected where the bank goes (without --task nothing is written to a shipped bank; "
+              f"`--task {next(iter(SUITE))}` records the shipped mnist1d bank again)", file=sys.stderr)  # fmt: skip
+        return 2
+    frame = record_bank(args.out, args.trials, args.epochs, args.workers, args.seed, args.space)
+    print(f"wrote {args.out}: {frame.trial_id.nunique()} trials, {len(frame)} rows")
     return 0
