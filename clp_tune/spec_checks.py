@@ -113,6 +113,11 @@ def check_compatibility(spec: Spec) -> None:
             )
         if spec.scheduler.bank is not None and not Path(spec.scheduler.bank).is_file():
             raise SpecError(f"scheduler.bank: no such file {spec.scheduler.bank!r}")
+    from clp_tune.stopping.user_banks import library_problem
+
+    problem = library_problem(spec.bank_library)
+    if problem:
+        raise SpecError(problem)
     gridded = [name for name, entry in spec.searched().items() if "grid" in entry]
     if gridded and spec.searcher != "random":
         raise SpecError(f"params.{gridded[0]}.grid: a grid needs searcher 'random' (Optuna samples, it cannot grid)")

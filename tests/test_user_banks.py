@@ -10,12 +10,13 @@ from pathlib import Path
 from unittest import mock
 
 import pandas as pd
+import pytest
 from conftest import tiny_spec
 
 from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.cli import main
 from clp_tune.search import make_scheduler, prior_banks, run_search
-from clp_tune.spec import parse_spec
+from clp_tune.spec import SpecError, parse_spec
 from clp_tune.stopping.user_banks import bank_rows, list_banks, matching, newest
 from clp_tune.vocabulary import PRIOR_BANKS_FILE
 
@@ -86,6 +87,24 @@ def test_the_library_can_be_turned_off(tmp_path: Path, monkeypatch) -> None:
     assert make_scheduler(spec, tmp_path).user_banks == ()
     monkeypatch.setenv("CLP_TUNE_BANKS", str(tmp_path / "lib"))
     assert main(["bank", "list"]) == 0
+
+
+def test_a_library_that_is_a_file_is_refused_naming_where_it_was_set(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Before, a spec's ``bank_library`` naming a file was valid: the search ran without a library and then failed to
+    add its bank with a warning; `bank add --library FILE` blamed a bank of that name."""
+    a_file = tmp_path / "banks.txt"
+    a_file.write_text("not a directory")
+    with pytest.raises(SpecError, match=r"bank_library: expected a directory .* got the file .*banks\.txt"):
+        parse_spec(tiny_spec(scheduler={"type": "trajectory"}, bank_library=str(a_file)))
+    for command in (["list"], ["add", str(a_file)], ["remove", "x"]):
+        assert main(["bank", *command, "--library", str(a_file)]) == 2, command
+        assert capsys.readouterr().err.startswith("error: --library: expected a directory"), command
+    monkeypatch.setenv("CLP_TUNE_BANKS", str(a_file))
+    with pytest.raises(SpecError, match=r"\$CLP_TUNE_BANKS: expected a directory"):
+        parse_spec(tiny_spec(scheduler={"type": "trajectory"}))
+    assert main(["bank", "list"]) == 2 and "$CLP_TUNE_BANKS" in capsys.readouterr().err
+    monkeypatch.setenv("CLP_TUNE_BANKS", str(tmp_path / "not yet made"))  # made when the first bank is added
+    assert parse_spec(tiny_spec(scheduler={"type": "trajectory"})).bank_library is None
 
 
 def test_a_search_fits_on_the_newest_banks_up_to_a_bound(tmp_path: Path, capsys) -> None:

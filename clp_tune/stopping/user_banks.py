@@ -52,6 +52,17 @@ def library_dir(override: str | None = None) -> Path | None:
     return None if chosen == OFF else Path(chosen).expanduser()
 
 
+def library_problem(override: str | None = None, key: str = "bank_library") -> str | None:
+    """Why the library (:func:`library_dir` of ``override``) cannot be used, naming where it was set (``key``, the
+    environment or the default): a path that exists and is not a directory (a missing one is made when the first
+    bank is added); None when it can."""
+    directory = library_dir(override)
+    if directory is None or not directory.exists() or directory.is_dir():
+        return None
+    where = key if override else f"${LIBRARY_ENV}" if os.environ.get(LIBRARY_ENV) else "the default"
+    return f"{where}: expected a directory for the bank library (or {OFF}), got the file {directory}"
+
+
 @dataclass(frozen=True)
 class UserBank:
     """One bank of the library: its file, what it trained, how many trials it holds (complete ones apart), and when
@@ -223,17 +234,19 @@ def _needs_library(command: Callable[[Any, Path], int]) -> Callable[[Any], int]:
 
     @functools.wraps(command)
     def run(args) -> int:
-        directory = library_dir(args.library)
-        return _error(_OFF) if directory is None else command(args, directory)
+        directory, problem = library_dir(args.library), library_problem(args.library, "--library")
+        return _error(_OFF) if directory is None else _error(problem) if problem else command(args, directory)
 
     return run
 
 
 def list_command(args) -> int:
-    directory = library_dir(args.library)
+    directory, problem = library_dir(args.library), library_problem(args.library, "--library")
     if directory is None:
         print(f"the bank library is off (${LIBRARY_ENV}={OFF})")
         return 0
+    if problem:
+        return _error(problem)
     banks = list_banks(directory)
     print(f"bank library {directory}: {len(banks)} bank(s); a search fits on the newest of its dataset and model, "
           f"up to {PRIOR_TRIALS} complete trials")  # fmt: skip
