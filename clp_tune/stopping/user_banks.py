@@ -24,13 +24,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from clp_tune.stopping.bank_library import load_bank
-from clp_tune.stopping.prior import USER_TASK_PREFIX
 from clp_tune.vocabulary import PRIOR_BANKS_FILE
+
+if TYPE_CHECKING:  # pandas and the prior are imported where used: `clp-tune validate` checks the library's place
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ def newest(banks: Sequence[UserBank], trials: int) -> list[UserBank]:
 def bank_rows(trajectories: pd.DataFrame, dataset: str, model: str, budget: int) -> pd.DataFrame:
     """A run's trajectory rows as a library bank: its dataset and model, and each trial marked complete or not."""
     last = trajectories.groupby("trial_id")["epoch"].transform("max")
+    import pandas as pd
+
     diverged = trajectories.get("diverged", pd.Series(0, index=trajectories.index)).fillna(0)
     ended_diverged = diverged.groupby(trajectories["trial_id"]).transform("last") == 1
     return trajectories.assign(**{"config/dataset": dataset, "config/model": model,
@@ -208,6 +210,8 @@ def kept_banks(run_dir: Path) -> list[str] | None:
 def load_user_banks(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
     """The banks at ``paths`` by task name (:data:`~clp_tune.stopping.prior.USER_TASK_PREFIX` and the file's stem),
     each unreadable one skipped with a warning."""
+    from clp_tune.stopping.prior import USER_TASK_PREFIX
+
     out = {}
     for path in map(Path, paths):
         try:
