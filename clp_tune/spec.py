@@ -17,6 +17,7 @@ from clp_tune.knobs import KNOBS
 from clp_tune.spec_checks import (
     SpecError,
     check_augment,
+    check_bank_library,
     check_compatibility,
     check_detector_inputs,
     check_high_loss_batches,
@@ -221,6 +222,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
         check_high_loss_batches(spec)
         check_detector_inputs(spec)
         check_augment(spec)
+        check_bank_library(spec)
     except SpecError as error:
         raise SpecError(f"{source}: {error}") from None
     return spec

@@ -113,14 +113,19 @@ def check_compatibility(spec: Spec) -> None:
             )
         if spec.scheduler.bank is not None and not Path(spec.scheduler.bank).is_file():
             raise SpecError(f"scheduler.bank: no such file {spec.scheduler.bank!r}")
+    gridded = [name for name, entry in spec.searched().items() if "grid" in entry]
+    if gridded and spec.searcher != "random":
+        raise SpecError(f"params.{gridded[0]}.grid: a grid needs searcher 'random' (Optuna samples, it cannot grid)")
+
+
+def check_bank_library(spec: Spec) -> None:
+    """The library a finished search adds its bank to must be a directory (a missing one is made then); a file found
+    only at the end would cost the run its bank."""
     from clp_tune.stopping.user_banks import library_problem
 
     problem = library_problem(spec.bank_library)
     if problem:
         raise SpecError(problem)
-    gridded = [name for name, entry in spec.searched().items() if "grid" in entry]
-    if gridded and spec.searcher != "random":
-        raise SpecError(f"params.{gridded[0]}.grid: a grid needs searcher 'random' (Optuna samples, it cannot grid)")
 
 
 def check_augment(spec: Spec) -> None:

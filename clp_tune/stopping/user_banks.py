@@ -136,9 +136,9 @@ def newest(banks: Sequence[UserBank], trials: int) -> list[UserBank]:
 
 def bank_rows(trajectories: pd.DataFrame, dataset: str, model: str, budget: int) -> pd.DataFrame:
     """A run's trajectory rows as a library bank: its dataset and model, and each trial marked complete or not."""
-    last = trajectories.groupby("trial_id")["epoch"].transform("max")
     import pandas as pd
 
+    last = trajectories.groupby("trial_id")["epoch"].transform("max")
     diverged = trajectories.get("diverged", pd.Series(0, index=trajectories.index)).fillna(0)
     ended_diverged = diverged.groupby(trajectories["trial_id"]).transform("last") == 1
     return trajectories.assign(**{"config/dataset": dataset, "config/model": model,
