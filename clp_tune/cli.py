@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clp_tune.bench.commands import add_bank_parser, add_bench_parser, at_least_one
 from clp_tune.spec import Spec, SpecError, load_spec
 from clp_tune.spec_guard import load_spec_file
 from clp_tune.vocabulary import REPORT_PAGE, SPEC_FILE, TRAJECTORIES_FILE
@@ -51,8 +52,13 @@ def _print_library_bank(paths: RunPaths) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.spec)  # before importing the search (torch, Ray: seconds), so bad input is instant
+    name = args.run_name
+    if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
+        raise SpecError(f"--run-name: expected a directory name (no '/', not '.' or '..'), got {name!r}")
+    from clp_tune.remote import check_storage
     from clp_tune.search import run_search
 
+    check_storage(args.storage_path)
     _start_ray(spec, args)
     paths = run_search(spec, storage_path=args.storage_path, run_name=args.run_name, reports_dir=args.reports_dir)
     print(f"\nrun directory: {paths.run_dir}")
@@ -109,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_ray_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
-        command.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all cores)")
+        command.add_argument("--num-cpus", type=at_least_one, help="CPUs of the embedded Ray (default: all cores)")
         command.add_argument("--reports-dir", default="reports", help="where reports/<name>/ go (default: reports)")
 
     def command(name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -154,8 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--address", required=True, help="Jobs API address, e.g. http://127.0.0.1:8265")
     submit.add_argument("--storage-path", help="shared storage URI for the run (default: CLP_TUNE_STORAGE)")
     submit.add_argument("--reports-dir", default="reports", help="where the fetched report goes")
-
-    from clp_tune.bench.commands import add_bank_parser, add_bench_parser
 
     add_bench_parser(commands)
     add_bank_parser(commands)

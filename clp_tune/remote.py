@@ -37,6 +37,23 @@ def is_uri(path: str | Path) -> bool:
     return "://" in str(path)
 
 
+def check_storage(path: str | Path, flag: str = "--storage-path") -> None:
+    """A URI a search will write to must name a bucket and be reachable from here; otherwise SpecError naming
+    ``flag`` (exit 2), before Ray starts. A local path is made by the search."""
+    if not is_uri(path):
+        return
+    import pyarrow
+
+    scheme, _, rest = str(path).partition("://")
+    if not rest.split("/")[0]:
+        raise SpecError(f"{flag}: expected {scheme}://BUCKET/PATH, got {str(path)!r}")
+    try:
+        fs, base = _filesystem(str(path))
+        fs.get_file_info(base)
+    except (OSError, pyarrow.ArrowException) as error:  # pyarrow's S3 errors: one line, not a traceback
+        raise SpecError(f"{flag}: cannot reach {path} ({' '.join(str(error).split())})") from None
+
+
 def local_copy(uri: str) -> Path:
     """Where the driver keeps its copy of the run at ``uri``: ``runs/<run name>`` in the working directory."""
     return (Path("runs") / uri.rstrip("/").rsplit("/", 1)[-1]).resolve()

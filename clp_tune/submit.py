@@ -79,7 +79,8 @@ def submit_search(
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobStatus
 
-    from clp_tune.spec import load_spec
+    from clp_tune.remote import check_storage
+    from clp_tune.spec import SpecError, load_spec
 
     storage = storage_path or os.environ.get(STORAGE_ENV)
     if not storage:
@@ -88,6 +89,10 @@ def submit_search(
             "A search on a cluster writes its results to storage that every node and this machine can reach.",
             EXIT_BAD_INPUT,
         )
+    try:
+        check_storage(storage)
+    except SpecError as error:
+        return _error(str(error), EXIT_BAD_INPUT)
     storage = _absolute(storage)
     root = Path(working_dir).resolve()
     spec_file = Path(spec_path).resolve()

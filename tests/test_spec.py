@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -305,6 +307,39 @@ def test_run_rejects_a_trial_bigger_than_the_embedded_ray_before_ray_starts(tmp_
         assert outcome == "2 ray-not-started", (name, outcome, err)
         assert err.count("\n") == 1 and err.startswith(f"error: {key}: ") and words in err, (name, err)
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_refuses_a_bad_run_name_storage_or_cpu_count_before_ray_starts(tmp_path: Path) -> None:
+    """Before, `--num-cpus 0` started a search that could place no trial, `--run-name ../x` started one outside the
+    storage path, and an S3 URI without a bucket or out of reach was a traceback after the run directory was made."""
+    spec = str(write_spec(tmp_path / "tiny.yaml", tiny_spec()))
+    cases = [  # (CLI arguments, the line's start)
+        (["--run-name", "../elsewhere"], "error: --run-name: expected a directory name"),
+        (["--run-name", "."], "error: --run-name: expected a directory name"),
+        (["--storage-path", "s3://"], "error: --storage-path: expected s3://BUCKET/PATH, got 's3://'"),
+        (["--storage-path", "s3://bucket/runs"], "error: --storage-path: cannot reach s3://bucket/runs ("),
+        (["--num-cpus", "0"], "clp-tune run: error: argument --num-cpus: expected an integer >= 1"),
+    ]
+    code = (
+        "import json, sys, ray; from clp_tune.cli import main\n"
+        "for extra in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        rc = main(['run', sys.argv[2], '--storage-path', 'runs', *extra])\n"
+        "    except SystemExit as exit:\n"
+        "        rc = exit.code\n"
+        "    print(rc, 'ray-started' if ray.is_initialized() else 'ray-not-started', flush=True)\n"
+        "    print('--', file=sys.stderr, flush=True)\n"
+    )
+    unreachable = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+                   "AWS_SECRET_ACCESS_KEY": "x"}  # fmt: skip
+    command = [sys.executable, "-c", code, json.dumps([extra for extra, _ in cases]), spec]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp_path, env=unreachable)
+    outcomes, errors = result.stdout.splitlines(), result.stderr.split("--\n")
+    assert len(outcomes) == len(cases), result.stdout + result.stderr
+    for (extra, start), outcome, err in zip(cases, outcomes, errors, strict=False):
+        assert outcome == "2 ray-not-started", (extra, outcome, err)
+        assert err.strip().splitlines()[-1].startswith(start), (extra, err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.parametrize("argv", [["validate", str(REPO / "search_spaces" / "quickstart.yaml")], ["--help"]])
