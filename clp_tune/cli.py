@@ -24,6 +24,17 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
+def reports_dir(text: str) -> str:
+    """An argparse type for ``--reports-dir``: a directory, or a path whose nearest existing parent is one (it is made
+    when the report is written). A file there would fail only once the search is over."""
+    existing = Path(text).expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a directory (or a path to make one), but {existing} is a file")
+    return text
+
+
 def _start_ray(spec: Spec, args: argparse.Namespace) -> None:
     """Start or join Ray for ``spec``: a trial too big for the embedded Ray is bad input (SpecError, exit 2);
     on a cluster that cannot hold one trial now, say what the search waits for and go on."""
@@ -116,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add_ray_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
         command.add_argument("--num-cpus", type=at_least_one, help="CPUs of the embedded Ray (default: all cores)")
-        command.add_argument("--reports-dir", default="reports", help="where reports/<name>/ go (default: reports)")
+        command.add_argument(
+            "--reports-dir", type=reports_dir, default="reports", help="where reports/<name>/ go (default: reports)"
+        )
 
     def command(name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:
         parser = commands.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".")
@@ -149,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = command("report", _report, "(re)write the Parquet tables and HTML report of a run")
     report.add_argument("run_dir", help="the run directory or its URI (s3://.../<name>)")
-    report.add_argument("--reports-dir", default="reports", help="where reports/<name>/ go (default: reports)")
+    report.add_argument(
+        "--reports-dir", type=reports_dir, default="reports", help="where reports/<name>/ go (default: reports)"
+    )
 
     submit = command(
         "submit", _submit, "submit a search to a Ray cluster through the Jobs API",
@@ -159,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("spec", help="search-space YAML file (relative to the working directory)")
     submit.add_argument("--address", required=True, help="Jobs API address, e.g. http://127.0.0.1:8265")
     submit.add_argument("--storage-path", help="shared storage URI for the run (default: CLP_TUNE_STORAGE)")
-    submit.add_argument("--reports-dir", default="reports", help="where the fetched report goes")
+    submit.add_argument("--reports-dir", type=reports_dir, default="reports", help="where the fetched report goes")
 
     add_bench_parser(commands)
     add_bank_parser(commands)

@@ -311,7 +311,8 @@ def test_run_rejects_a_trial_bigger_than_the_embedded_ray_before_ray_starts(tmp_
 
 def test_run_refuses_a_bad_run_name_storage_or_cpu_count_before_ray_starts(tmp_path: Path) -> None:
     """Before, `--num-cpus 0` started a search that could place no trial, `--run-name ../x` started one outside the
-    storage path, and an S3 URI without a bucket or out of reach was a traceback after the run directory was made."""
+    storage path, an S3 URI without a bucket or out of reach was a traceback after the run directory was made, and a
+    `--reports-dir` under a file was a traceback once the search was over."""
     spec = str(write_spec(tmp_path / "tiny.yaml", tiny_spec()))
     cases = [  # (CLI arguments, the line's start)
         (["--run-name", "../elsewhere"], "error: --run-name: expected a directory name"),
@@ -319,6 +320,7 @@ def test_run_refuses_a_bad_run_name_storage_or_cpu_count_before_ray_starts(tmp_p
         (["--storage-path", "s3://"], "error: --storage-path: expected s3://BUCKET/PATH, got 's3://'"),
         (["--storage-path", "s3://bucket/runs"], "error: --storage-path: cannot reach s3://bucket/runs ("),
         (["--num-cpus", "0"], "clp-tune run: error: argument --num-cpus: expected an integer >= 1"),
+        (["--reports-dir", "tiny.yaml/reports"], "clp-tune run: error: argument --reports-dir: expected a directory"),
     ]
     code = (
         "import json, sys, ray; from clp_tune.cli import main\n"
@@ -340,6 +342,10 @@ def test_run_refuses_a_bad_run_name_storage_or_cpu_count_before_ray_starts(tmp_p
         assert outcome == "2 ray-not-started", (extra, outcome, err)
         assert err.strip().splitlines()[-1].startswith(start), (extra, err)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "elsewhere").exists()
+    for command in (["report", "runs/any"], ["submit", spec, "--address", "http://127.0.0.1:8265"]):
+        with pytest.raises(SystemExit) as refused:
+            main([*command, "--reports-dir", spec])
+        assert refused.value.code == 2, command
 
 
 @pytest.mark.parametrize("argv", [["validate", str(REPO / "search_spaces" / "quickstart.yaml")], ["--help"]])
