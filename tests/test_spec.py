@@ -309,7 +309,7 @@ def test_run_rejects_a_trial_bigger_than_the_embedded_ray_before_ray_starts(tmp_
     assert not (tmp_path / "runs").exists()
 
 
-def test_run_refuses_a_bad_run_name_storage_or_cpu_count_before_ray_starts(tmp_path: Path) -> None:
+def test_run_refuses_a_bad_run_location_or_cpu_count_before_ray_starts(tmp_path: Path) -> None:
     """Before, `--num-cpus 0` started a search that could place no trial, `--run-name ../x` started one outside the
     storage path, an S3 URI without a bucket or out of reach was a traceback after the run directory was made, and a
     `--reports-dir` under a file was a traceback once the search was over."""
