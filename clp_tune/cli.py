@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clp_tune.bench.commands import add_bank_parser, add_bench_parser, at_least_one
+from clp_tune.inputs import blocking_file
 from clp_tune.spec import Spec, SpecError, load_spec
 from clp_tune.spec_guard import load_spec_file
 from clp_tune.vocabulary import REPORT_PAGE, SPEC_FILE, TRAJECTORIES_FILE
@@ -27,11 +28,16 @@ EXIT_BAD_INPUT = 2
 def reports_dir(text: str) -> str:
     """An argparse type for ``--reports-dir``: a directory, or a path whose nearest existing parent is one (it is made
     when the report is written). A file there would fail only once the search is over."""
-    existing = Path(text).expanduser().absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise argparse.ArgumentTypeError(f"expected a directory (or a path to make one), but {existing} is a file")
+    blocking = blocking_file(text)
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"expected a directory (or a path to make one), but {blocking} is a file")
+    return text
+
+
+def directory_name(text: str) -> str:
+    """An argparse type for ``--run-name``: one directory under the storage path, not a path that leaves it."""
+    if not text.strip() or "/" in text or "\\" in text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"expected a directory name (no '/', not '.' or '..'), got {text!r}")
     return text
 
 
@@ -63,9 +69,6 @@ def _print_library_bank(paths: RunPaths) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.spec)  # before importing the search (torch, Ray: seconds), so bad input is instant
-    name = args.run_name
-    if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
-        raise SpecError(f"--run-name: expected a directory name (no '/', not '.' or '..'), got {name!r}")
     from clp_tune.remote import check_storage
     from clp_tune.search import run_search
 
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("spec", help="search-space YAML file")
     run.add_argument("--storage-path", default="runs", help="runs directory or shared URI (s3://...); default runs")
-    run.add_argument("--run-name", help="run directory name (default: <name>-<timestamp>)")
+    run.add_argument("--run-name", type=directory_name, help="run directory name (default: <name>-<timestamp>)")
     add_ray_options(run)
 
     resume = command(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from clp_tune.inputs import one_line
 from clp_tune.spec import SpecError
 from clp_tune.vocabulary import SPEC_FILE
 
@@ -51,7 +52,7 @@ def check_storage(path: str | Path, flag: str = "--storage-path") -> None:
         fs, base = _filesystem(str(path))
         fs.get_file_info(base)
     except (OSError, pyarrow.ArrowException) as error:  # pyarrow's S3 errors: one line, not a traceback
-        raise SpecError(f"{flag}: cannot reach {path} ({' '.join(str(error).split())})") from None
+        raise SpecError(f"{flag}: cannot reach {path} ({one_line(error)})") from None
 
 
 def local_copy(uri: str) -> Path:
@@ -176,7 +177,7 @@ def fetch_run_files(uri: str, local_dir: Path) -> list[str]:
                 (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
                 (local_dir / name).write_bytes(source.readall())
     except OSError as error:  # pyarrow's S3 errors are OSErrors: one line, not a traceback
-        raise SpecError(f"{uri}: cannot read the run ({' '.join(str(error).split())})") from None
+        raise SpecError(f"{uri}: cannot read the run ({one_line(error)})") from None
     return names
 
 

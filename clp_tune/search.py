@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from clp_tune.inputs import one_line
 from clp_tune.remote import RunFileSync, is_uri, local_copy, push_report
 from clp_tune.spec import Spec, SpecError, load_spec, param_space
 from clp_tune.stopping.factory import build_scheduler
@@ -139,7 +140,7 @@ def failed_search_reason(run_dir: Path) -> str | None:
         return f"no trial ran (see {path})"
     counts = ", ".join(f"{count} {status}" for status, count in trials.status.value_counts().items())
     errors = trials.loc[trials.status == "error", "error"].dropna() if "error" in trials else pd.Series()
-    first = f"; first error: {' '.join(str(errors.iloc[0]).split())}" if len(errors) else ""
+    first = f"; first error: {one_line(errors.iloc[0])}" if len(errors) else ""
     return f"no trial finished ({counts} of {len(trials)}){first}; every trial is in {path} and the report"
 
 

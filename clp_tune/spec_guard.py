@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from clp_tune.inputs import one_line
 from clp_tune.spec import Spec, SpecError, load_spec
 
 #: Largest spec file read (the shipped ones are under 2 kB).
@@ -63,7 +64,7 @@ def check_spec_size(path: str | Path) -> None:
     try:  # libyaml when present: it refuses deep nesting at once, where PyYAML's recursion takes seconds to fail
         node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        raise SpecError(f"{path}: not valid YAML ({one_line(error)})") from None
     except RecursionError:  # PyYAML's own composer, where libyaml is missing
         raise SpecError(f"{path}: YAML nested more than {MAX_YAML_DEPTH} deep; expected a mapping of keys") from None
     problem = _size_problem(node) if node is not None else None
@@ -81,7 +82,7 @@ def check_bank(spec: Spec, source: str) -> None:
     try:
         load_bank(spec.scheduler.bank)
     except (FileNotFoundError, ValueError) as error:
-        raise SpecError(f"{source}: scheduler.bank: {' '.join(str(error).split())}") from None
+        raise SpecError(f"{source}: scheduler.bank: {one_line(error)}") from None
 
 
 def load_spec_file(path: str | Path) -> Spec:

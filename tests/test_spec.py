@@ -315,8 +315,8 @@ def test_run_refuses_a_bad_run_location_or_cpu_count_before_ray_starts(tmp_path:
     `--reports-dir` under a file was a traceback once the search was over."""
     spec = str(write_spec(tmp_path / "tiny.yaml", tiny_spec()))
     cases = [  # (CLI arguments, the line's start)
-        (["--run-name", "../elsewhere"], "error: --run-name: expected a directory name"),
-        (["--run-name", "."], "error: --run-name: expected a directory name"),
+        (["--run-name", "../elsewhere"], "clp-tune run: error: argument --run-name: expected a directory name"),
+        (["--run-name", "."], "clp-tune run: error: argument --run-name: expected a directory name"),
         (["--storage-path", "s3://"], "error: --storage-path: expected s3://BUCKET/PATH, got 's3://'"),
         (["--storage-path", "s3://bucket/runs"], "error: --storage-path: cannot reach s3://bucket/runs ("),
         (["--num-cpus", "0"], "clp-tune run: error: argument --num-cpus: expected an integer >= 1"),

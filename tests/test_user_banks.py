@@ -91,13 +91,17 @@ def test_the_library_can_be_turned_off(tmp_path: Path, monkeypatch) -> None:
 
 def test_a_library_that_is_a_file_is_refused_naming_where_it_was_set(tmp_path: Path, monkeypatch, capsys) -> None:
     """Before, a spec's ``bank_library`` naming a file was valid: the search ran without a library and then failed to
-    add its bank with a warning; `bank add --library FILE` blamed a bank of that name."""
+    add its bank with a warning; `bank add --library FILE` blamed a bank of that name. A path under a file was valid
+    until the previous version's last commit too."""
     a_file = tmp_path / "banks.txt"
     a_file.write_text("not a directory")
-    with pytest.raises(SpecError, match=r"bank_library: expected a directory .* got the file .*banks\.txt"):
-        parse_spec(tiny_spec(scheduler={"type": "trajectory"}, bank_library=str(a_file)))
+    for library in (a_file, a_file / "banks" / "more"):
+        with pytest.raises(SpecError, match=r"bank_library: expected a directory .* but .*banks\.txt is a file$"):
+            parse_spec(tiny_spec(scheduler={"type": "trajectory"}, bank_library=str(library)))
     for command in (["list"], ["add", str(a_file)], ["remove", "x"]):
         assert main(["bank", *command, "--library", str(a_file)]) == 2, command
+        assert capsys.readouterr().err.startswith("error: --library: expected a directory"), command
+        assert main(["bank", *command, "--library", str(a_file / "banks")]) == 2, command
         assert capsys.readouterr().err.startswith("error: --library: expected a directory"), command
     monkeypatch.setenv("CLP_TUNE_BANKS", str(a_file))
     with pytest.raises(SpecError, match=r"\$CLP_TUNE_BANKS: expected a directory"):

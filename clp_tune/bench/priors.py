@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from clp_tune.bench.crossfit import CrossFitPredictor
+from clp_tune.inputs import one_line
 from clp_tune.stopping.bank_library import SUITE, BankTask, load_bank
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Predictor
 from clp_tune.stopping.prior import pooled
@@ -80,7 +81,7 @@ def _read(path: Path, option: str) -> pd.DataFrame:
     try:
         return load_bank(path)
     except (FileNotFoundError, ValueError, OSError) as error:  # a reader's message may span lines: one line here
-        raise BenchInputError(f"{option}: {' '.join(str(error).split())}") from None
+        raise BenchInputError(f"{option}: {one_line(error)}") from None
 
 
 def task_bank(task: BankTask, option: str = "--task") -> Bank:

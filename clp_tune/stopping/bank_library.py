@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clp_tune.inputs import one_line
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -70,7 +72,7 @@ def load_bank(path: str | Path | None) -> pd.DataFrame:
     try:
         bank = pd.read_parquet(path)
     except (pyarrow.ArrowException, OSError) as error:
-        raise ValueError(f"{path}: not a readable Parquet file ({' '.join(str(error).split())})") from None
+        raise ValueError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     missing = [c for c in ("trial_id", "epoch", "val_acc") if c not in bank.columns]
     if missing:
         raise ValueError(f"{path}: a bank needs trial_id, epoch and val_acc columns; missing column {missing[0]}")

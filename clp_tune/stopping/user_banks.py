@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clp_tune.inputs import blocking_file, one_line
 from clp_tune.stopping.bank_library import load_bank
 from clp_tune.vocabulary import PRIOR_BANKS_FILE
 
@@ -54,13 +55,14 @@ def library_dir(override: str | None = None) -> Path | None:
 
 def library_problem(override: str | None = None, key: str = "bank_library") -> str | None:
     """Why the library (:func:`library_dir` of ``override``) cannot be used, naming where it was set (``key``, the
-    environment or the default): a path that exists and is not a directory (a missing one is made when the first
-    bank is added); None when it can."""
+    environment or the default): a file at its path or above it (a missing directory is made when the first bank
+    is added); None when it can."""
     directory = library_dir(override)
-    if directory is None or not directory.exists() or directory.is_dir():
+    blocking = blocking_file(directory) if directory is not None else None
+    if blocking is None:
         return None
     where = key if override else f"${LIBRARY_ENV}" if os.environ.get(LIBRARY_ENV) else "the default"
-    return f"{where}: expected a directory for the bank library (or {OFF}), got the file {directory}"
+    return f"{where}: expected a directory for the bank library (or {OFF}), but {blocking} is a file"
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def _read(path: Path) -> UserBank | None:
             raise ValueError("no rows")
         modified = path.stat().st_mtime
     except (pyarrow.ArrowException, OSError, ValueError) as error:  # a cache entry: any damage means skip it
-        logger.warning("bank library: skipping %s (%s)", path, " ".join(str(error).split()))
+        logger.warning("bank library: skipping %s (%s)", path, one_line(error))
         return None
     trials = frame.groupby("trial_id")["complete"].last().astype(bool)
     return UserBank(path.stem, path, str(frame["config/dataset"].iloc[0]), str(frame["config/model"].iloc[0]),
@@ -218,7 +220,7 @@ def load_user_banks(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
             frame = load_bank(path)
             out[USER_TASK_PREFIX + path.stem] = frame[frame["complete"].astype(bool)]
         except Exception as error:  # the library changed under a running search: go on without that bank
-            logger.warning("bank library: skipping %s (%s)", path, " ".join(str(error).split()))
+            logger.warning("bank library: skipping %s (%s)", path, one_line(error))
     return out
 
 
@@ -233,19 +235,24 @@ def _error(message: str) -> int:
     return 2
 
 
+def _chosen_library(args) -> tuple[Path | None, str | None]:
+    """The library a ``bank`` command works on (None when it is off), and why it cannot be used (or None)."""
+    return library_dir(args.library), library_problem(args.library, "--library")
+
+
 def _needs_library(command: Callable[[Any, Path], int]) -> Callable[[Any], int]:
     """A command that changes the library, given its directory; exit 2 when the library is off."""
 
     @functools.wraps(command)
     def run(args) -> int:
-        directory, problem = library_dir(args.library), library_problem(args.library, "--library")
+        directory, problem = _chosen_library(args)
         return _error(_OFF) if directory is None else _error(problem) if problem else command(args, directory)
 
     return run
 
 
 def list_command(args) -> int:
-    directory, problem = library_dir(args.library), library_problem(args.library, "--library")
+    directory, problem = _chosen_library(args)
     if directory is None:
         print(f"the bank library is off (${LIBRARY_ENV}={OFF})")
         return 0
