@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 from clp_tune.bench.synthetic import synthetic_bank
@@ -22,6 +23,7 @@ def test_simulator_and_real_ray_tune_take_the_same_decisions(ray_local, tmp_path
         tables[backend] = capsys.readouterr().out.rsplit("\n\n", 1)[0]  # the last paragraph: wall time, backend
         figures[backend] = json.loads((tmp_path / f"{backend}.json").read_text())
     assert tables["ray"] == tables["simulator"]
+    assert figures["ray"]["packages"]["scikit-learn"] == version("scikit-learn")  # the fits' versions, recorded
     epochs = {}
     for backend, result in figures.items():
         rows = result["tasks"][0]["schedulers"]["1"]

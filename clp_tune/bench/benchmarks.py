@@ -168,8 +168,9 @@ def schedulers(args: argparse.Namespace) -> int:
         print_task(task, result["settings"]["orders"])
     if len(result["tasks"]) > 1:
         print_summary(result)
+    packages = ", ".join(f"{name} {number}" for name, number in result["packages"].items())
     print(f"\n{result['seconds']:.0f} s wall, {result['settings']['jobs']} process(es), backend "
-          f"{result['settings']['backend']}")  # fmt: skip
+          f"{result['settings']['backend']}; fitted with {packages}")  # fmt: skip
     if args.json:
         write_json(result, args.json)
     return 0

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ from clp_tune.stopping.bank_library import SUITE, BankTask
 from clp_tune.stopping.features import trajectories_from_frame
 from clp_tune.stopping.predictor import Predictor
 
+#: The packages whose versions decide the predictor's fits (its trees are scikit-learn's): the figures of a run
+#: hold for these versions, which the project does not pin, so every run records them.
+NUMERIC_PACKAGES = ("scikit-learn", "numpy", "scipy", "pandas")
 #: What forked workers read (set before a pool starts): each bank's plan, with its priors.
 _SHARED: dict[str, Any] = {}
 Job = tuple[Callable[..., Any], tuple]  # a function and its arguments, for a forked process
@@ -227,6 +231,7 @@ def run_benchmark(setup: Setup) -> dict[str, Any]:
                      "trajectory_options": setup.trajectory_options, "top_k_fraction": setup.top_k_fraction},
         "tasks": tasks, "summary": summary,
         **{f"{key}_mean": mean_spearman([task[key] for task in tasks]) for key in SPEARMAN_SETTINGS},
+        "packages": {name: version(name) for name in NUMERIC_PACKAGES},
         "seconds": time.perf_counter() - started,
     }  # fmt: skip
 
