@@ -91,8 +91,8 @@ def test_the_library_can_be_turned_off(tmp_path: Path, monkeypatch) -> None:
 
 def test_a_library_that_is_a_file_is_refused_naming_where_it_was_set(tmp_path: Path, monkeypatch, capsys) -> None:
     """Before, a spec's ``bank_library`` naming a file was valid: the search ran without a library and then failed to
-    add its bank with a warning; `bank add --library FILE` blamed a bank of that name. A path under a file was valid
-    until the previous version's last commit too."""
+    add its bank with a warning; `bank add --library FILE` blamed a bank of that name. A path under a file
+    (`FILE/banks`) stayed valid after that, until the nearest existing parent was checked."""
     a_file = tmp_path / "banks.txt"
     a_file.write_text("not a directory")
     for library in (a_file, a_file / "banks" / "more"):
