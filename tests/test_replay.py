@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from importlib.metadata import version
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def test_simulator_and_real_ray_tune_take_the_same_decisions(ray_local, tmp_path
         figures[backend] = json.loads((tmp_path / f"{backend}.json").read_text())
     assert tables["ray"] == tables["simulator"]
     assert figures["ray"]["packages"]["scikit-learn"] == version("scikit-learn")  # the fits' versions, recorded
+    machine = figures["ray"]["machine"]  # and where they ran: the processor and the BLAS kernels chosen for it
+    assert machine["architecture"] == platform.machine() and machine["cpu"] and machine["blas"] != "none found"
     epochs = {}
     for backend, result in figures.items():
         rows = result["tasks"][0]["schedulers"]["1"]

@@ -169,8 +169,10 @@ def schedulers(args: argparse.Namespace) -> int:
     if len(result["tasks"]) > 1:
         print_summary(result)
     packages = ", ".join(f"{name} {number}" for name, number in result["packages"].items())
+    where = result["machine"]
     print(f"\n{result['seconds']:.0f} s wall, {result['settings']['jobs']} process(es), backend "
-          f"{result['settings']['backend']}; fitted with {packages}")  # fmt: skip
+          f"{result['settings']['backend']}; fitted with {packages} on {where['cpu']}, {where['architecture']}, "
+          f"BLAS {where['blas']}")  # fmt: skip
     if args.json:
         write_json(result, args.json)
     return 0

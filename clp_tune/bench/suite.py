@@ -16,6 +16,7 @@ runs that need no prior, then the trajectory scheduler's runs. The results are t
 from __future__ import annotations
 
 import multiprocessing
+import platform
 import sys
 import tempfile
 import time
@@ -41,6 +42,7 @@ from clp_tune.stopping.predictor import Predictor
 #: The packages whose versions decide the predictor's fits (its trees are scikit-learn's): the figures of a run
 #: hold for these versions, which the project does not pin, so every run records them.
 NUMERIC_PACKAGES = ("scikit-learn", "numpy", "scipy", "pandas")
+_CPUINFO = Path("/proc/cpuinfo")
 #: What forked workers read (set before a pool starts): each bank's plan, with its priors.
 _SHARED: dict[str, Any] = {}
 Job = tuple[Callable[..., Any], tuple]  # a function and its arguments, for a forked process
@@ -80,6 +82,23 @@ class Setup:
     folds: int = 5
     only: Sequence[str] | None = None
     suite: Mapping[str, BankTask] = field(default_factory=lambda: SUITE)
+
+
+def machine_record() -> dict[str, str]:
+    """The processor and the BLAS kernels the numeric packages chose for it: with the same packages, the learned
+    predictor's rows of two machines differed in the third decimal (the stock rules' did not), so every run records
+    where it ran as well as with what."""
+    from threadpoolctl import threadpool_info
+
+    cpu = platform.processor() or platform.machine()
+    if _CPUINFO.is_file():
+        lines = (line.split(":", 1) for line in _CPUINFO.read_text().splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in lines}
+        if "model name" in fields:
+            cpu = f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    blas = sorted({f"{i['internal_api']} {i.get('version')} {i.get('architecture')}" for i in threadpool_info()
+                   if i.get("user_api") == "blas"})  # fmt: skip
+    return {"cpu": cpu, "architecture": platform.machine(), "blas": "; ".join(blas) or "none found"}
 
 
 def _pool_map(jobs: list[Job], processes: int) -> list[Any]:
@@ -232,6 +251,7 @@ def run_benchmark(setup: Setup) -> dict[str, Any]:
         "tasks": tasks, "summary": summary,
         **{f"{key}_mean": mean_spearman([task[key] for task in tasks]) for key in SPEARMAN_SETTINGS},
         "packages": {name: version(name) for name in NUMERIC_PACKAGES},
+        "machine": machine_record(),
         "seconds": time.perf_counter() - started,
     }  # fmt: skip
 
