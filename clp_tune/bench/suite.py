@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_info
 
 from clp_tune.bench.baselines import TOP_K_FRACTION, CurveOnlyPredictor, Entry, lineup
 from clp_tune.bench.crossfit import SPEARMAN_SETTINGS, fit_lazy_models, spearman_table
@@ -40,9 +41,10 @@ from clp_tune.stopping.features import trajectories_from_frame
 from clp_tune.stopping.predictor import Predictor
 
 #: The packages whose versions decide the predictor's fits (its trees are scikit-learn's): the figures of a run
-#: hold for these versions, which the project does not pin, so every run records them.
+#: hold for these versions, which the project does not pin, and for its machine (:func:`machine_record`), so every
+#: run records both.
 NUMERIC_PACKAGES = ("scikit-learn", "numpy", "scipy", "pandas")
-_CPUINFO = Path("/proc/cpuinfo")
+_CPUINFO = Path("/proc/cpuinfo")  # Linux: the processor's model name, family and model
 #: What forked workers read (set before a pool starts): each bank's plan, with its priors.
 _SHARED: dict[str, Any] = {}
 Job = tuple[Callable[..., Any], tuple]  # a function and its arguments, for a forked process
@@ -86,10 +88,8 @@ class Setup:
 
 def machine_record() -> dict[str, str]:
     """The processor and the BLAS kernels the numeric packages chose for it: with the same packages, the learned
-    predictor's rows of two machines differed in the third decimal (the stock rules' did not), so every run records
-    where it ran as well as with what."""
-    from threadpoolctl import threadpool_info
-
+    predictor's rows differed between two machines (the stock rules' did not), so every run records where it ran as
+    well as with what."""
     cpu = platform.processor() or platform.machine()
     if _CPUINFO.is_file():
         lines = (line.split(":", 1) for line in _CPUINFO.read_text().splitlines() if ":" in line)
