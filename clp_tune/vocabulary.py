@@ -149,7 +149,7 @@ TRAJECTORY_OPTIONS: dict[str, Option] = {
         lambda v: v in DETECTORS,
         "one of " + ", ".join(DETECTORS),
     ),  # fmt: skip
-    "noise_grace": Option(True, bool, "lengthen the grace under dropout and label noise"),
+    "noise_grace": Option(False, bool, "lengthen the grace under dropout and label noise"),
     "noise_factor": Option(
         0.5, float, "grace x (1 + noise_factor x (dropout + label_noise))", lambda v: v >= 0, "a number >= 0"
     ),

@@ -76,7 +76,8 @@ def fitted_predictor() -> FinalAccuracyPredictor:
 
 
 def make_scheduler(predictor: FinalAccuracyPredictor, state_dir: Path | None = None, **kw) -> TrajectoryScheduler:
-    kw = {"budget": BUDGET, "k": 3, "delta": 0.05, "min_fraction": 0.2, "max_fraction": 0.25, "noise_factor": 1.0, **kw}
+    kw = {"budget": BUDGET, "k": 3, "delta": 0.05, "min_fraction": 0.2, "max_fraction": 0.25, "noise_grace": True,
+          "noise_factor": 1.0, **kw}  # fmt: skip
     scheduler = TrajectoryScheduler(predictor=copy.deepcopy(predictor), state_dir=state_dir, **kw)
     scheduler.set_search_properties("val_acc", "max")
     return scheduler

@@ -88,13 +88,10 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     sched.add_argument("--schedulers", help="only these rows, comma-separated (names as in the table's legend)")
     sched.add_argument("--json", help="write every figure (per order, per bank, the summary) as JSON here")
     for name, option in TRAJECTORY_OPTIONS.items():
-        flag, help_text = (
-            f"--{name.replace('_', '-')}",
-            f"trajectory scheduler: {option.help} (default {option.default})",
-        )
-        if option.type is bool:  # on by default: the flag turns it off
-            sched.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false", default=None,
-                               help=f"trajectory scheduler: do not {option.help}")  # fmt: skip
+        default = ("on" if option.default else "off") if option.type is bool else option.default
+        flag, help_text = f"--{name.replace('_', '-')}", f"trajectory scheduler: {option.help} (default {default})"
+        if option.type is bool:  # --name turns it on, --no-name off; neither: the default
+            sched.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif name == "detector":
             sched.add_argument(flag, choices=DETECTORS, help=help_text)
         else:

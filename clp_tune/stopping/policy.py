@@ -17,7 +17,8 @@ A trial is never judged before its grace point:
 * ``min_fraction`` of the budget, and no earlier than the epoch the trial's critical-period detector fired
   (the early period says little about the end); a detector that has not fired by ``max_fraction`` of the
   budget no longer holds the trial back (a trial that has not even started learning is not protected);
-* under noise injection the grace is lengthened: dropout and label noise regularize on slow time scales
+* with ``noise_grace`` (off by default: on the suite benchmark it cost epochs and saved no best trial), the grace
+  is lengthened under noise injection: dropout and label noise regularize on slow time scales
   (Shalova et al., arXiv 2404.12293: their drift along the minimizers shows after ~1/(lr*sigma^2) steps), so
   the grace is multiplied by ``1 + noise_factor * (dropout + label_noise)`` (rounded to an epoch). The rule
   deliberately uses the noise *levels* only: the step count 1/(lr*sigma^2) depends on the optimizer's effective

@@ -94,7 +94,8 @@ class TrajectoryScheduler(FIFOScheduler):
     mnist1d bank (``clp-tune bench schedulers``): they never lost the best trial there, and most of the epochs they
     spend go to grace periods. The critical period is taken to be the first few percent of training: letting the
     detector hold trials back longer cost epochs without lowering the regret. Raise ``max_fraction`` (and ``k``)
-    where curves cross late; lower ``noise_factor`` or turn ``noise_grace`` off to save an epoch per noisy trial.
+    where curves cross late. ``noise_grace`` is off by default: on the leave-task-out suite benchmark, lengthening
+    noisy trials' grace spent more epochs and kept no best trial that was lost without it.
 
     Args:
         metric: must be ``val_acc`` (the predictor models validation accuracy); may be set by ``TuneConfig``.
