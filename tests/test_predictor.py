@@ -13,7 +13,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from clp_tune.bench.synthetic import synthetic_bank
-from clp_tune.stopping.boosting import OneRow, trees
+from clp_tune.stopping.boosting import OneRow, error_model, trees
+from clp_tune.stopping.calibration import COVERAGE, NOMINAL
 from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import is_complete, trajectories_from_frame, trajectory_features
@@ -236,7 +237,7 @@ def test_the_users_runs_share_a_few_folds_so_the_first_fit_does_not_grow_with_th
     runs = {f"{USER_TASK_PREFIX}run{i}": synthetic_bank(12, 10, seed=i) for i in range(2 * USER_FOLDS + 2)}
     predictor = FinalAccuracyPredictor(pooled(runs))
     probe = [t for t in trajectories_from_frame(synthetic_bank(12, 10, seed=99)) if is_complete(t)]
-    with mock.patch("clp_tune.stopping.predictor.trees", wraps=trees) as fitted:
+    with mock.patch("clp_tune.stopping.boosting.trees", wraps=trees) as fitted:
         predictor.predict(probe[0].upto(5), probe[0].config, probe[0].budget)
     fold_fits = [c for c in fitted.call_args_list if c.args[0] == 60]  # the out-of-fold trees
     assert len(fold_fits) == USER_FOLDS
@@ -251,3 +252,19 @@ def test_the_users_runs_are_not_searches_for_the_in_context_model() -> None:
     model = with_task._incontext_model()
     assert model.usable and set(model._task.tolist()) == {0}  # the one shipped task
     assert any(task_of(t).startswith(USER_TASK_PREFIX) for t in with_task.prior_trial_ids)  # the trees' data
+
+
+def test_the_spread_is_widened_until_the_worst_unseen_task_is_covered() -> None:
+    """Three tasks of one relation: on two the errors are small, on the third three times as large (the task a prior
+    knows least). Error trees fitted on the others say "small" there, so its tails would be far out; the error model
+    widens every spread by the factor that task needs, and never narrows one."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(900, 3))
+    folds = np.repeat([0, 1, 2], 300)
+    noise = np.where(folds == 2, 3.0, 1.0) * rng.normal(size=900)
+    widened = error_model(x, x[:, 0] + noise, folds, seed=0)
+    assert 2.0 < widened.tail < 5.0, widened.tail
+    std = np.array([widened.std(row) for row in x[folds == 2]])
+    assert np.mean(np.abs(noise[folds == 2]) <= NOMINAL * std) >= COVERAGE - 0.03
+    even = error_model(x, x[:, 0] + rng.normal(size=900), folds, seed=0)
+    assert 1.0 <= even.tail < 1.5, even.tail

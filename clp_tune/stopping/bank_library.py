@@ -50,6 +50,10 @@ SUITE: dict[str, BankTask] = {
         BankTask("digits_convnet_adamw_20", "digits", "convnet", "adamw", 20, 120, "wide", 12),
         BankTask("tabular_mlp_adamw_40", "tabular", "mlp", "adamw", 40, 120, "wide", 13),
         BankTask("tabular_cnn1d_sgd_20", "tabular", "cnn1d", "sgd", 20, 120, "sgd", 14),
+        BankTask("mnist1d_mlp_sgd_30", "mnist1d", "mlp", "sgd", 30, 120, "sgd", 15),
+        BankTask("mnist1d_cnn1d_sgd_20", "mnist1d", "cnn1d", "sgd", 20, 120, "sgd", 16),
+        BankTask("digits_mlp_adamw_30", "digits", "mlp", "adamw", 30, 120, "wide", 17),
+        BankTask("tabular_cnn1d_adamw_30", "tabular", "cnn1d", "adamw", 30, 120, "wide", 18),
     )
 }  # fmt: skip
 

@@ -75,6 +75,56 @@ class OneRow:
         return self._offset + self._sum(row)
 
 
+@dataclass(frozen=True)
+class ErrorModel:
+    """Trees of a model's absolute out-of-fold errors, and how far to widen them so that their tails hold on a fold
+    (a task) they have not seen.
+
+    The stopping rule reads the tails of a prediction (pause below 5 %, stop below 1 %), and a prior's errors on a
+    new task are not those of an average row: a task whose curves all rise further than the prior's tasks' is off
+    by the same sign in every row. So the spread is widened by the largest factor any one held-out task needed for
+    its errors to fall within the :data:`~clp_tune.stopping.calibration.COVERAGE` interval (never narrowed).
+
+    Args:
+        trees: trees of |target - out-of-fold prediction| (their mean is sqrt(2 / pi) std for a normal).
+        tail: the widening factor (>= 1).
+    """
+
+    trees: OneRow
+    tail: float
+
+    def std(self, row: np.ndarray) -> float:
+        return self.tail * math.sqrt(math.pi / 2) * max(self.trees.predict(row), 0.0)
+
+
+def error_model(
+    x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int, weight: np.ndarray | None = None
+) -> ErrorModel:
+    """The :class:`ErrorModel` of trees of ``y`` on ``x``, from their out-of-fold residuals by ``folds``.
+
+    Each fold's residuals come from trees fitted on the other folds; its widening factor compares them with error
+    trees fitted on the other folds too, so that both are what a task the prior has not seen meets.
+    """
+    from clp_tune.stopping.calibration import COVERAGE, NOMINAL
+
+    labels = np.unique(folds)
+    residual = np.zeros_like(y)
+    for k, fold in enumerate(labels):
+        test, train = folds == fold, folds != fold
+        sample = None if weight is None else weight[train]
+        model = trees(60, 3, 0.1, seed + k).fit(x[train], y[train], sample_weight=sample)
+        residual[test] = y[test] - model.predict(x[test])
+    size = np.abs(residual)
+    tail = 1.0
+    for k, fold in enumerate(labels):
+        test, train = folds == fold, folds != fold
+        sample = None if weight is None else weight[train]
+        unseen = trees(50, 2, 0.1, seed + 7 + k).fit(x[train], size[train], sample_weight=sample).predict(x[test])
+        z = size[test] / np.maximum(math.sqrt(math.pi / 2) * unseen, 1e-9)
+        tail = max(tail, float(np.quantile(z, COVERAGE)) / NOMINAL)
+    return ErrorModel(OneRow(trees(50, 2, 0.1, seed + 7).fit(x, size, sample_weight=weight)), tail)
+
+
 @dataclass
 class TreesWithError:
     """Trees of a target and trees of the size of their errors, fitted on ``columns`` (a trial's missing values
@@ -84,17 +134,16 @@ class TreesWithError:
         columns: the feature columns, in the trees' order.
         medians: per column, the training median that fills a missing value.
         target: trees of the target.
-        error: trees of |target - out-of-fold prediction|.
+        error: the size of its errors (:func:`error_model`).
     """
 
     columns: list[str]
     medians: np.ndarray
     target: OneRow
-    error: OneRow
+    error: ErrorModel
 
     def predict(self, features: Mapping[str, float]) -> tuple[float, float]:
-        """(target, std) for one trial: the error trees fit absolute errors, whose mean is sqrt(2 / pi) std for a
-        normal."""
+        """(target, std) for one trial."""
         x = np.array([features.get(c, math.nan) for c in self.columns], dtype=float)
         x = np.where(np.isnan(x), self.medians, x)
-        return self.target.predict(x), math.sqrt(math.pi / 2) * max(self.error.predict(x), 0.0)
+        return self.target.predict(x), self.error.std(x)

@@ -29,7 +29,7 @@ from clp_tune.stopping.features import FRACTIONS
 #: 90 % interval made honest let a narrow spread stop the best trial of a search as hopeless.
 COVERAGE = 0.98
 MIN_STD = 0.004  # one validation sample in a few hundred: below this a spread is false precision
-_NOMINAL = float(norm.ppf(0.5 + COVERAGE / 2))  # the normal's half-width of the COVERAGE interval, in stds
+NOMINAL = float(norm.ppf(0.5 + COVERAGE / 2))  # the normal's half-width of the COVERAGE interval, in stds
 
 
 def fraction_bin(fraction: float) -> int:
@@ -58,5 +58,5 @@ class ConformalCalibration:
         bias = float(z.sum()) / (n + self.strength)  # in units of std
         level = min(1.0, math.ceil((n + 1) * COVERAGE) / n)  # the split-conformal rank
         empirical = float(np.quantile(np.abs(z - bias), level))
-        factor = (n * empirical + self.strength * _NOMINAL) / (n + self.strength) / _NOMINAL
+        factor = (n * empirical + self.strength * NOMINAL) / (n + self.strength) / NOMINAL
         return mean + bias * std, std * factor

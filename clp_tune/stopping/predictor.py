@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
-from clp_tune.stopping.boosting import OneRow, TreesWithError, trees
+from clp_tune.stopping.boosting import OneRow, TreesWithError, error_model, trees
 from clp_tune.stopping.calibration import MIN_STD, ConformalCalibration
 from clp_tune.stopping.context import SearchContext, context_features, expit, level_at, logit
 from clp_tune.stopping.curves import curve_extrapolation
@@ -339,13 +339,7 @@ class FinalAccuracyPredictor:
         if error is None:
             xe, ye, we, group = self._examples(columns, first)
             xe = np.where(np.isnan(xe), medians, xe)
-            folds = self._folds(group)
-            oof = np.zeros_like(ye)
-            for k, fold in enumerate(np.unique(folds)):
-                test = folds == fold
-                model = trees(60, 3, 0.1, self.seed + k).fit(xe[~test], ye[~test], sample_weight=we[~test])
-                oof[test] = model.predict(xe[test])
-            error = OneRow(trees(50, 2, 0.1, self.seed + 7).fit(xe, np.abs(ye - oof), sample_weight=we))
+            error = error_model(xe, ye, self._folds(group), self.seed, we)
         gain = OneRow(trees(200, 4, 0.05, self.seed).fit(x, y, sample_weight=w))
         return TreesWithError(columns, medians, gain, error)  # the gain still to come
 
