@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from clp_tune.stopping.calibration import COVERAGE, NOMINAL
+
 
 def trees(n_estimators: int, depth: int, learning_rate: float, seed: int) -> Any:
     """An unfitted regressor: plain (not histogram) boosting, whose predictions start no threads; row and feature
@@ -105,8 +107,6 @@ def error_model(
     Each fold's residuals come from trees fitted on the other folds; its widening factor compares them with error
     trees fitted on the other folds too, so that both are what a task the prior has not seen meets.
     """
-    from clp_tune.stopping.calibration import COVERAGE, NOMINAL
-
     labels = np.unique(folds)
     residual = np.zeros_like(y)
     for k, fold in enumerate(labels):

@@ -12,7 +12,7 @@ mean instead ranked worse than the last value on some held-out tasks).
 Bank trials are compared only with trials of their own task. Which of the others have finished (and so which is
 the incumbent) is drawn at random per trial, as a search sees it part-way; the draw is seeded, so fits stay
 deterministic. The spread's trees are fitted on out-of-fold errors with one fold per task: a prior's errors on a
-task it has not seen, which is how it is used.
+task it has not seen, which is how it is used (and widened to the worst such task, :func:`error_model`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ point. Four ingredients, from cheapest to most informed:
   :data:`~clp_tune.stopping.features.BANK_DOC`, and the search's finished trials): they map features of the
   partial trajectory at budget fraction f (:mod:`clp_tune.stopping.features`) to the gain still to come, and a
   second model maps the same features to the size of its out-of-fold errors, one fold per task of the bank (the
-  errors on a task the trees have not seen, which is how a prior is used); refitted with the search's own
+  errors on a task the trees have not seen, which is how a prior is used), widened until the worst task left out
+  is covered in the tails (:func:`~clp_tune.stopping.boosting.error_model`); refitted with the search's own
   trials every few finished trials. Their absolute levels tie them to the bank's task;
 * the in-context model (:mod:`clp_tune.stopping.incontext`), fitted on the bank's tasks: the trial's position
   among the other trials of its search at the same epoch maps to its final in units of that search, so a prior
