@@ -17,6 +17,9 @@ import numpy as np
 
 from clp_tune.stopping.calibration import COVERAGE, NOMINAL
 
+#: A normal's std over its mean absolute deviation: error trees fit absolute errors, the spread is a std.
+ABS_TO_STD = math.sqrt(math.pi / 2)
+
 
 def trees(n_estimators: int, depth: int, learning_rate: float, seed: int) -> Any:
     """An unfitted regressor: plain (not histogram) boosting, whose predictions start no threads; row and feature
@@ -88,7 +91,7 @@ class ErrorModel:
     its errors to fall within the :data:`~clp_tune.stopping.calibration.COVERAGE` interval (never narrowed).
 
     Args:
-        trees: trees of |target - out-of-fold prediction| (their mean is sqrt(2 / pi) std for a normal).
+        trees: trees of |target - out-of-fold prediction| (a mean absolute error: :data:`ABS_TO_STD` makes it a std).
         tail: the widening factor (>= 1).
     """
 
@@ -96,7 +99,7 @@ class ErrorModel:
     tail: float
 
     def std(self, row: np.ndarray) -> float:
-        return self.tail * math.sqrt(math.pi / 2) * max(self.trees.predict(row), 0.0)
+        return self.tail * ABS_TO_STD * max(self.trees.predict(row), 0.0)
 
 
 def error_model(
@@ -107,20 +110,17 @@ def error_model(
     Each fold's residuals come from trees fitted on the other folds; its widening factor compares them with error
     trees fitted on the other folds too, so that both are what a task the prior has not seen meets.
     """
-    labels = np.unique(folds)
+    splits = [(folds == fold, folds != fold) for fold in np.unique(folds)]
+    samples = [None if weight is None else weight[train] for _, train in splits]
     residual = np.zeros_like(y)
-    for k, fold in enumerate(labels):
-        test, train = folds == fold, folds != fold
-        sample = None if weight is None else weight[train]
+    for k, ((test, train), sample) in enumerate(zip(splits, samples, strict=True)):
         model = trees(60, 3, 0.1, seed + k).fit(x[train], y[train], sample_weight=sample)
         residual[test] = y[test] - model.predict(x[test])
     size = np.abs(residual)
     tail = 1.0
-    for k, fold in enumerate(labels):
-        test, train = folds == fold, folds != fold
-        sample = None if weight is None else weight[train]
+    for k, ((test, train), sample) in enumerate(zip(splits, samples, strict=True)):
         unseen = trees(50, 2, 0.1, seed + 7 + k).fit(x[train], size[train], sample_weight=sample).predict(x[test])
-        z = size[test] / np.maximum(math.sqrt(math.pi / 2) * unseen, 1e-9)
+        z = size[test] / np.maximum(ABS_TO_STD * unseen, 1e-9)
         tail = max(tail, float(np.quantile(z, COVERAGE)) / NOMINAL)
     return ErrorModel(OneRow(trees(50, 2, 0.1, seed + 7).fit(x, size, sample_weight=weight)), tail)
 
