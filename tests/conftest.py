@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from clp_tune.stopping.fit_cache import CACHE_ENV, OFF
 from clp_tune.vocabulary import DECISIONS_FILE, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
 
 # A token file left in ~/.ray silently switches Ray's token auth on; tests choose explicitly.
@@ -26,8 +27,18 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # No test reads or grows the user's bank library unless it names one: searches stay independent of each other.
 os.environ["CLP_TUNE_BANKS"] = "off"
+# Fitted priors are kept for this session only (its searches, and their drivers in subprocesses, share them): the
+# user's cache is neither read nor grown. Tests of the fits themselves turn it off (no_fit_cache).
+_FIT_CACHE = tempfile.TemporaryDirectory(prefix="clp-tune-fit-cache-")
+os.environ[CACHE_ENV] = _FIT_CACHE.name
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def no_fit_cache(monkeypatch):
+    """Every fit made afresh: a test of what fitting does must not read the session's earlier fits."""
+    monkeypatch.setenv(CACHE_ENV, OFF)
 
 
 @pytest.fixture(scope="module")

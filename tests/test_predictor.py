@@ -137,7 +137,7 @@ def test_learns_online_without_a_bank(banks) -> None:
     assert error_after < error_before
 
 
-def test_fits_are_deterministic_whenever_they_happen(banks) -> None:
+def test_fits_are_deterministic_whenever_they_happen(banks, no_fit_cache) -> None:
     """Feeding the same finished trials in the same order gives the same predictions, with or without
     predictions (lazy fits) in between -- what a resumed scheduler relies on."""
     train, test = banks
@@ -181,7 +181,7 @@ def test_in_context_prior_transfers_to_another_accuracy_scale(banks) -> None:
     assert predictor._incontext_model() is model  # built once, on first use
 
 
-def test_in_context_fits_are_deterministic(banks) -> None:
+def test_in_context_fits_are_deterministic(banks, no_fit_cache) -> None:
     train, test = banks
     finished = [t for t in trajectories_from_frame(test) if is_complete(t)][:12]
     probe, context = finished[-1], _search_of(finished, len(finished) - 1, 6)
@@ -207,7 +207,7 @@ def test_one_row_trees_predict_what_scikit_learn_predicts() -> None:
         tree = estimator[0].tree_
         on_splits[i, tree.feature[0]] = tree.threshold[0]
     rows = np.concatenate([rng.normal(size=(200, 6)), on_splits])
-    fast = OneRow(model)
+    fast = OneRow.of(model)
     np.testing.assert_allclose([fast.predict(row) for row in rows], model.predict(rows), rtol=1e-12, atol=1e-12)
 
 
@@ -228,7 +228,7 @@ def test_no_chance_of_beating_a_perfect_score_and_a_perfect_score_beats_the_rest
     assert wide.prob_above(0.993) > 0.25 > 0.05 > cut.sf(0.993)
 
 
-def test_the_users_runs_share_a_few_folds_so_the_first_fit_does_not_grow_with_the_library() -> None:
+def test_the_users_runs_share_a_few_folds_so_the_first_fit_does_not_grow_with_the_library(no_fit_cache) -> None:
     """Every finished search adds a run to the user's library, each its own task of the prior. Out-of-fold errors
     with a fold per run would fit the trees once more per run; the runs (one dataset and model) share USER_FOLDS."""
     labels = fold_labels(["mnist1d", "user:a", "user:b", "digits", "user:c", "user:d", "user:a", None])
@@ -262,9 +262,9 @@ def test_the_spread_is_widened_until_the_worst_unseen_task_is_covered() -> None:
     x = rng.normal(size=(900, 3))
     folds = np.repeat([0, 1, 2], 300)
     noise = np.where(folds == 2, 3.0, 1.0) * rng.normal(size=900)
-    widened = error_model(x, x[:, 0] + noise, folds, seed=0)
+    widened = error_model(x, x[:, 0] + noise, folds, seed=0, cache=False)
     assert 2.0 < widened.tail < 5.0, widened.tail
     std = np.array([widened.std(row) for row in x[folds == 2]])
     assert np.mean(np.abs(noise[folds == 2]) <= NOMINAL * std) >= COVERAGE - 0.03
-    even = error_model(x, x[:, 0] + rng.normal(size=900), folds, seed=0)
+    even = error_model(x, x[:, 0] + rng.normal(size=900), folds, seed=0, cache=False)
     assert 1.0 <= even.tail < 1.5, even.tail

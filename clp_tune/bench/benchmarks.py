@@ -192,3 +192,12 @@ def scheduler_cost(args: argparse.Namespace) -> int:
             return 2
     print_cost(measure(args.trials, args.epochs, args.workers, args.seed, args.judged_epochs, args.bank))
     return 0
+
+
+def prior_fit(args: argparse.Namespace) -> int:
+    """``clp-tune bench prior-fit``: exit 1 when the cache changed a prediction."""
+    from clp_tune.bench.cost import print_prior_fit, prior_fit_cost
+
+    cost = prior_fit_cost(args.seed)
+    print_prior_fit(cost)
+    return 0 if cost["same"] else 1

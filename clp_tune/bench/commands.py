@@ -110,6 +110,17 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     cost.add_argument("--bank", help="bank Parquet for the prior (default: every shipped bank, as a search)")
     cost.set_defaults(handler=_lazy(benchmarks, "scheduler_cost"))
 
+    fit = kinds.add_parser(
+        "prior-fit", help="the default prior's first fits: with the fit cache off, into an empty one, from it",
+        description="Build the prior a search builds (every shipped bank) and make its first fits -- the gain "
+        "trees and the in-context model, which a search makes inside its first results, on Tune's driver -- three "
+        "times in a row: with the fit cache off, into an empty cache (a machine's first search), and from that "
+        "cache (every later search: ~/.cache/clp_tune/fits, or $CLP_TUNE_FIT_CACHE, off: none). Prints the seconds "
+        "of each, their ratio and whether the predictions are identical (exit 1 if not).",
+    )  # fmt: skip
+    fit.add_argument("--seed", type=int, default=0, help="seed of the synthetic search asked about (default 0)")
+    fit.set_defaults(handler=_lazy(benchmarks, "prior_fit"))
+
     packing = kinds.add_parser(
         "packing", help="real trials of a spec packed 1, 2, 4, 8 to a device: epoch time, trials/hour, memory",
         description="For each packing, start that many real trials of SPEC side by side (one process each, as Ray "

@@ -1,21 +1,24 @@
-"""``clp-tune bench scheduler-cost``: what the trajectory scheduler costs Tune's driver, per result and in memory.
+"""What the trajectory scheduler costs Tune's driver: ``clp-tune bench scheduler-cost`` (per result, and in memory)
+and ``clp-tune bench prior-fit`` (its prior's first fits, with and without the fit cache).
 
 Every result of every trial passes through ``on_trial_result`` on the driver, one at a time: a slow call holds up
 the whole search, and state that grows with the trials grows the driver. So a large simulated search (a synthetic
 bank, :func:`clp_tune.bench.synthetic.synthetic_bank`, under :func:`clp_tune.bench.simulator.simulate`) times
 each call and samples the driver's resident memory, with the scheduler a search gets by default (its prior fitted
-on every shipped bank, lazily, on the first result: that first call is reported apart).
+on every shipped bank, lazily, on the first result: that first call is reported apart). It fits into an empty fit
+cache (:mod:`clp_tune.stopping.fit_cache`): the cost of a machine's first search.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import statistics as stats
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,12 @@ import numpy as np
 
 from clp_tune.bench.simulator import result_rows, simulate
 from clp_tune.bench.synthetic import synthetic_bank
+from clp_tune.stopping.bank_library import SUITE
+from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.factory import build_scheduler
+from clp_tune.stopping.features import is_complete, trajectories_from_frame
+from clp_tune.stopping.fit_cache import CACHE_ENV, OFF
+from clp_tune.stopping.predictor import FinalAccuracyPredictor
 
 _MB = 1024 * 1024
 #: The scheduler's hooks on the driver that are timed: every result, every trial's end (paused trials are judged
@@ -55,7 +63,8 @@ def scheduler_cost(
         search = search[search["epoch"] <= judged_epochs]
     rows = result_rows(search)
     order = [str(t) for t in np.random.default_rng(seed).permutation(list(rows))]
-    with tempfile.TemporaryDirectory() as state_dir:  # the journal and snapshots a search writes, included
+    with tempfile.TemporaryDirectory() as state_dir, tempfile.TemporaryDirectory() as fits, _fit_cache_at(fits):
+        # the journal and snapshots a search writes, included; the prior fitted into an empty cache (a first search)
         scheduler = build_scheduler("trajectory", epochs, state_dir=state_dir,
                                     trajectory_options={"bank": bank} if bank else None)  # fmt: skip
         timings: dict[str, list[float]] = {hook: [] for hook in HOOKS}
@@ -123,3 +132,56 @@ def print_cost(cost: dict[str, Any]) -> None:
     print(f"scheduler state written (journal, snapshot, decision parts): {cost['state_mb']:.1f} MB")
     print(f"driver resident memory: {cost['rss_before_mb']:.0f} MB before the search, peak {cost['rss_peak_mb']:.0f} "
           f"MB (+{cost['rss_growth_mb']:.0f} MB)")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _fit_cache_at(folder: Path | str) -> Iterator[None]:
+    """The fit cache (:data:`~clp_tune.stopping.fit_cache.CACHE_ENV`) set to ``folder`` for the block."""
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[CACHE_ENV]
+        else:
+            os.environ[CACHE_ENV] = before
+
+
+def prior_fit_cost(seed: int = 0, tasks: Sequence[str] = tuple(SUITE)) -> dict[str, Any]:
+    """The default prior's first fits (on the shipped banks of ``tasks``), as a search's first results make them,
+    three ways in a row: with the fit cache off, into an empty cache (a machine's first search) and from that cache
+    (every search after it). Each builds the predictor a search builds and asks it about one trial of a synthetic
+    search twice, alone (the gain trees) and among the others (the in-context model); the predictions must be the
+    same all three ways."""
+    trials = [t for t in trajectories_from_frame(synthetic_bank(12, 30, seed)) if is_complete(t)]
+    probe = trials[0]
+    context = SearchContext({str(i): t.history["val_acc"][:3] for i, t in enumerate(trials[1:])})
+    runs = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, cache in (("off", OFF), ("empty", folder), ("warm", folder)):
+            with _fit_cache_at(cache):
+                started = time.perf_counter()
+                predictor = FinalAccuracyPredictor(None, tasks=tuple(tasks))
+                built = time.perf_counter()
+                alone = predictor.predict(probe.upto(3), probe.config, probe.budget)
+                fitted = time.perf_counter()
+                among = predictor.predict(probe.upto(3), probe.config, probe.budget, context)
+                done = time.perf_counter()
+            runs[name] = {"load_s": built - started, "trees_s": fitted - built, "context_s": done - fitted,
+                          "total_s": done - started, "predictions": [alone, among]}  # fmt: skip
+        kept_mb = sum(f.stat().st_size for f in Path(folder).iterdir()) / _MB
+    same = all(run["predictions"] == runs["off"]["predictions"] for run in runs.values())
+    return {"banks": len(tasks), "runs": runs, "same": same, "kept_mb": kept_mb}
+
+
+def print_prior_fit(cost: dict[str, Any]) -> None:
+    print(f"the default prior ({cost['banks']} shipped banks): building it, then its first prediction alone (gain "
+          f"trees) and among the search's trials (in-context model)")  # fmt: skip
+    for name, label in (("off", "fit cache off"), ("empty", "empty fit cache"), ("warm", "from the fit cache")):
+        run = cost["runs"][name]
+        print(f"  {label:20s} {run['total_s']:6.1f} s  (load {run['load_s']:.1f} s, trees {run['trees_s']:.1f} s, "
+              f"in-context {run['context_s']:.1f} s)")  # fmt: skip
+    ratio = cost["runs"]["off"]["total_s"] / cost["runs"]["warm"]["total_s"]
+    print(f"from the cache: {ratio:.1f}x faster than fitting; {cost['kept_mb']:.1f} MB kept; predictions "
+          f"{'identical' if cost['same'] else 'DIFFERENT'} all three ways")  # fmt: skip

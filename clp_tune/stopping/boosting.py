@@ -4,6 +4,8 @@ The scheduler predicts one trial at a time, on Tune's driver, at every result. s
 checks its input on every call (dtype, finiteness, whether it is a dataframe), which costs several times the walk
 down the trees itself; so a fitted ensemble is flattened once into arrays (:class:`OneRow`) that walk every tree
 at once, one level per step, with scikit-learn's own comparisons (the row in float32 against the thresholds).
+Fits on a prior's bank alone are the same in every search, so they are kept on disk
+(:mod:`clp_tune.stopping.fit_cache`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from clp_tune.stopping import fit_cache
 from clp_tune.stopping.calibration import COVERAGE, NOMINAL
 
 #: A normal's std over its mean absolute deviation: error trees fit absolute errors, the spread is a std.
@@ -35,37 +38,68 @@ def trees(n_estimators: int, depth: int, learning_rate: float, seed: int) -> Any
 class OneRow:
     """A fitted ``GradientBoostingRegressor`` that predicts one row as it does, without its per-call checks.
 
+    Its trees are flattened into arrays of equal width (:meth:`of`), which are also what the fit cache keeps
+    (:meth:`arrays`).
+
     Args:
-        model: the fitted regressor (squared-error loss: its prediction is an offset plus the scaled leaf values).
+        steps: the deepest tree's depth.
+        feature, threshold, left, right, value: per tree and node, the split's feature and threshold, the children
+            (a leaf, and padding, leads to itself) and the leaf value.
+        rate: the learning rate that scales the leaf values.
+        offset: the prediction of a model with no trees.
 
     Example:
         >>> import numpy as np
         >>> x = np.random.default_rng(0).normal(size=(200, 3))
         >>> model = trees(20, 2, 0.1, seed=0).fit(x, x[:, 0])
-        >>> bool(np.isclose(OneRow(model).predict(x[0]), model.predict(x[:1])[0]))
+        >>> bool(np.isclose(OneRow.of(model).predict(x[0]), model.predict(x[:1])[0]))
         True
     """
 
-    def __init__(self, model: Any):
+    def __init__(
+        self, steps: int, feature: np.ndarray, threshold: np.ndarray, left: np.ndarray, right: np.ndarray,
+        value: np.ndarray, rate: float, offset: float,
+    ):  # fmt: skip
+        self._steps = int(steps)
+        self._feature, self._threshold, self._left, self._right = feature, threshold, left, right
+        self._value = value
+        self._rows = np.arange(len(value))
+        self._rate = float(rate)
+        self._offset = float(offset)
+
+    @classmethod
+    def of(cls, model: Any) -> OneRow:
+        """The flattened trees of a fitted regressor (squared-error loss: its prediction is an offset plus the
+        scaled leaf values)."""
         grown = [estimator[0].tree_ for estimator in model.estimators_]
         width = max(tree.node_count for tree in grown)
-        self._steps = max(tree.max_depth for tree in grown)
-        self._feature = np.zeros((len(grown), width), dtype=np.intp)
-        self._threshold = np.zeros((len(grown), width))
-        self._left = np.tile(np.arange(width), (len(grown), 1))  # a leaf (and padding) leads to itself
-        self._right = self._left.copy()
-        self._value = np.zeros((len(grown), width))
+        feature = np.zeros((len(grown), width), dtype=np.intp)
+        threshold = np.zeros((len(grown), width))
+        left = np.tile(np.arange(width), (len(grown), 1))
+        right = left.copy()
+        value = np.zeros((len(grown), width))
         for i, tree in enumerate(grown):
             n, split = tree.node_count, tree.children_left >= 0
-            self._feature[i, :n] = np.where(split, tree.feature, 0)
-            self._threshold[i, :n] = tree.threshold
-            self._left[i, :n] = np.where(split, tree.children_left, np.arange(n))
-            self._right[i, :n] = np.where(split, tree.children_right, np.arange(n))
-            self._value[i, :n] = tree.value[:, 0, 0]
-        self._rows = np.arange(len(grown))
-        self._rate = float(model.learning_rate)
+            feature[i, :n] = np.where(split, tree.feature, 0)
+            threshold[i, :n] = tree.threshold
+            left[i, :n] = np.where(split, tree.children_left, np.arange(n))
+            right[i, :n] = np.where(split, tree.children_right, np.arange(n))
+            value[i, :n] = tree.value[:, 0, 0]
+        flat = cls(max(tree.max_depth for tree in grown), feature, threshold, left, right, value,
+                   model.learning_rate, 0.0)  # fmt: skip
         probe = np.zeros((1, model.n_features_in_))
-        self._offset = float(model.predict(probe)[0]) - self._sum(probe[0])
+        flat._offset = float(model.predict(probe)[0]) - flat._sum(probe[0])
+        return flat
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The model as arrays (the fit cache's form), the inverse of :meth:`from_arrays`."""
+        return {"steps": np.asarray(self._steps), "feature": self._feature, "threshold": self._threshold,
+                "left": self._left, "right": self._right, "value": self._value, "rate": np.asarray(self._rate),
+                "offset": np.asarray(self._offset)}  # fmt: skip
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> OneRow:
+        return cls(**arrays)
 
     def _sum(self, row: np.ndarray) -> float:
         x = np.asarray(row, dtype=np.float32).astype(float)
@@ -101,28 +135,57 @@ class ErrorModel:
     def std(self, row: np.ndarray) -> float:
         return self.tail * ABS_TO_STD * max(self.trees.predict(row), 0.0)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The model as arrays (the fit cache's form), the inverse of :meth:`from_arrays`."""
+        return {**self.trees.arrays(), "tail": np.asarray(self.tail)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ErrorModel:
+        return cls(OneRow.from_arrays({name: value for name, value in arrays.items() if name != "tail"}),
+                   float(arrays["tail"]))  # fmt: skip
+
+
+def target_trees(x: np.ndarray, y: np.ndarray, seed: int, weight: np.ndarray | None = None, *, cache: bool) -> OneRow:
+    """The predictor's trees of a target on ``x`` (200 of depth 4), from the fit cache
+    (:mod:`~clp_tune.stopping.fit_cache`) where ``cache`` allows and these rows were fitted before."""
+
+    def fit() -> OneRow:
+        return OneRow.of(trees(200, 4, 0.05, seed).fit(x, y, sample_weight=weight))
+
+    if not cache:
+        return fit()
+    return fit_cache.cached("target", fit, OneRow.arrays, OneRow.from_arrays, x, y, weight, seed)
+
 
 def error_model(
-    x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int, weight: np.ndarray | None = None
+    x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int, weight: np.ndarray | None = None, *, cache: bool
 ) -> ErrorModel:
-    """The :class:`ErrorModel` of trees of ``y`` on ``x``, from their out-of-fold residuals by ``folds``.
+    """The :class:`ErrorModel` of trees of ``y`` on ``x``, from their out-of-fold residuals by ``folds``; from the
+    fit cache where ``cache`` allows and these rows were fitted before.
 
     Each fold's residuals come from trees fitted on the other folds; its widening factor compares them with error
     trees fitted on the other folds too, so that both are what a task the prior has not seen meets.
     """
-    splits = [(folds == fold, folds != fold) for fold in np.unique(folds)]
-    samples = [None if weight is None else weight[train] for _, train in splits]
-    residual = np.zeros_like(y)
-    for k, ((test, train), sample) in enumerate(zip(splits, samples, strict=True)):
-        model = trees(60, 3, 0.1, seed + k).fit(x[train], y[train], sample_weight=sample)
-        residual[test] = y[test] - model.predict(x[test])
-    size = np.abs(residual)
-    tail = 1.0
-    for k, ((test, train), sample) in enumerate(zip(splits, samples, strict=True)):
-        unseen = trees(50, 2, 0.1, seed + 7 + k).fit(x[train], size[train], sample_weight=sample).predict(x[test])
-        z = size[test] / np.maximum(ABS_TO_STD * unseen, 1e-9)
-        tail = max(tail, float(np.quantile(z, COVERAGE)) / NOMINAL)
-    return ErrorModel(OneRow(trees(50, 2, 0.1, seed + 7).fit(x, size, sample_weight=weight)), tail)
+
+    def fit() -> ErrorModel:
+        splits = [(folds == fold, folds != fold) for fold in np.unique(folds)]
+        samples = [None if weight is None else weight[train] for _, train in splits]
+        residual = np.zeros_like(y)
+        for k, ((test, train), sample) in enumerate(zip(splits, samples, strict=True)):
+            model = trees(60, 3, 0.1, seed + k).fit(x[train], y[train], sample_weight=sample)
+            residual[test] = y[test] - model.predict(x[test])
+        size = np.abs(residual)
+        tail = 1.0
+        for k, ((test, train), sample) in enumerate(zip(splits, samples, strict=True)):
+            unseen = trees(50, 2, 0.1, seed + 7 + k).fit(x[train], size[train], sample_weight=sample)
+            z = size[test] / np.maximum(ABS_TO_STD * unseen.predict(x[test]), 1e-9)
+            tail = max(tail, float(np.quantile(z, COVERAGE)) / NOMINAL)
+        return ErrorModel(OneRow.of(trees(50, 2, 0.1, seed + 7).fit(x, size, sample_weight=weight)), tail)
+
+    if not cache:
+        return fit()
+    return fit_cache.cached("error", fit, ErrorModel.arrays, ErrorModel.from_arrays, x, y, folds, weight, seed,
+                            COVERAGE)  # fmt: skip
 
 
 @dataclass

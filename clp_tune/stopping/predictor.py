@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
-from clp_tune.stopping.boosting import OneRow, TreesWithError, error_model, trees
+from clp_tune.stopping.boosting import TreesWithError, error_model, target_trees
 from clp_tune.stopping.calibration import MIN_STD, ConformalCalibration
 from clp_tune.stopping.context import SearchContext, context_features, expit, level_at, logit
 from clp_tune.stopping.curves import curve_extrapolation
@@ -340,8 +340,8 @@ class FinalAccuracyPredictor:
         if error is None:
             xe, ye, we, group = self._examples(columns, first)
             xe = np.where(np.isnan(xe), medians, xe)
-            error = error_model(xe, ye, self._folds(group), self.seed, we)
-        gain = OneRow(trees(200, 4, 0.05, self.seed).fit(x, y, sample_weight=w))
+            error = error_model(xe, ye, self._folds(group), self.seed, we, cache=first == 0)
+        gain = target_trees(x, y, self.seed, w, cache=self._own_at_fit == 0)  # fits on the bank alone are kept
         return TreesWithError(columns, medians, gain, error)  # the gain still to come
 
     def _folds(self, group: np.ndarray) -> np.ndarray:

@@ -1,0 +1,111 @@
+"""Fitted trees kept on disk, keyed by what they were fitted on.
+
+A search whose prior is the shipped suite fits the same trees on the same rows as every search before it: tens of
+seconds on Tune's driver, inside the first ``on_trial_result`` (Ray warns of it), paid again by every search, every
+resumed search and every benchmark. The fits are deterministic functions of their inputs, so they are kept, under
+a hash of the inputs (rows, targets, weights, folds, seed) and of what else decides a fit -- the source of
+:mod:`clp_tune.stopping.boosting`, which holds every fitting recipe, and scikit-learn's version --, so a change to
+either makes a new key, never a stale fit.
+
+An entry is plain arrays: numpy's ``.npz``, read with ``allow_pickle=False``, so a file in the cache cannot run
+code. It is written under a temporary name and renamed, so a concurrent search never reads half a file. An entry
+that cannot be read is refitted and a folder that cannot be written is skipped, each with a warning: the cache
+only ever saves time, and deleting it is always safe.
+
+The cache is ``~/.cache/clp_tune/fits/``, or ``$CLP_TUNE_FIT_CACHE`` (``off``: no cache).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "CLP_TUNE_FIT_CACHE"
+DEFAULT_CACHE = Path("~/.cache/clp_tune/fits")
+#: The value of :data:`CACHE_ENV` that turns the cache off.
+OFF = "off"
+
+Fitted = TypeVar("Fitted")
+Arrays = Mapping[str, np.ndarray]
+Input = np.ndarray | float | int | str | None
+
+
+def cache_dir() -> Path | None:
+    """The cache's folder: ``$CLP_TUNE_FIT_CACHE``, else the default; None when it is turned off."""
+    chosen = os.environ.get(CACHE_ENV) or str(DEFAULT_CACHE)
+    return None if chosen == OFF else Path(chosen).expanduser()
+
+
+@functools.cache
+def _recipe() -> bytes:
+    """What decides a fit besides its inputs: the fitting code and the library that runs it."""
+    import sklearn
+
+    from clp_tune.stopping import boosting
+
+    return Path(boosting.__file__).read_bytes() + sklearn.__version__.encode()
+
+
+def fit_key(kind: str, *inputs: Input) -> str:
+    """The hex digest naming the fit of ``kind`` on ``inputs`` (arrays by dtype, shape and bytes)."""
+    digest = hashlib.sha256(_recipe())
+    digest.update(kind.encode())
+    for value in inputs:
+        if isinstance(value, np.ndarray):
+            array = np.ascontiguousarray(value)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+        else:
+            digest.update(repr(value).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def cached(
+    kind: str,
+    fit: Callable[[], Fitted],
+    to_arrays: Callable[[Fitted], Arrays],
+    from_arrays: Callable[[Arrays], Fitted],
+    *inputs: Input,
+) -> Fitted:
+    """The result of ``fit()``, read from the cache when a fit of ``kind`` on ``inputs`` was kept there, else fitted
+    and kept (as ``to_arrays`` makes it arrays; ``from_arrays`` makes it back)."""
+    folder = cache_dir()
+    if folder is None:
+        return fit()
+    path = folder / f"{kind}-{fit_key(kind, *inputs)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as entry:
+                return from_arrays({name: entry[name] for name in entry.files})
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            logger.warning("fit cache: refitting, %s is unreadable (%s)", path, error)
+    fitted = fit()
+    _keep(path, to_arrays(fitted))
+    return fitted
+
+
+def _keep(path: Path, arrays: Arrays) -> None:
+    """Write ``arrays`` to ``path`` whole (a temporary file, renamed), or warn and go on."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                np.savez(handle, **arrays)
+            os.replace(temporary, path)
+        finally:
+            Path(temporary).unlink(missing_ok=True)  # gone once renamed; a leftover of a failed write otherwise
+    except OSError as error:
+        logger.warning("fit cache: not kept, %s (%s=%s turns the cache off)", error, CACHE_ENV, OFF)

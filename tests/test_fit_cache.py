@@ -1,0 +1,108 @@
+"""The fit cache: a prior read back from disk predicts exactly what its fit did, fits nothing, and a damaged or
+unwritable cache costs a refit and a warning, never a search."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from clp_tune.bench.synthetic import synthetic_bank
+from clp_tune.stopping.boosting import trees
+from clp_tune.stopping.context import SearchContext
+from clp_tune.stopping.features import is_complete, trajectories_from_frame
+from clp_tune.stopping.fit_cache import CACHE_ENV, OFF, fit_key
+from clp_tune.stopping.predictor import FinalAccuracyPredictor
+from clp_tune.stopping.prior import pooled
+
+BANK = pooled({"first": synthetic_bank(12, 10, seed=1), "second": synthetic_bank(12, 10, seed=2)})
+SEARCH = [t for t in trajectories_from_frame(synthetic_bank(12, 10, seed=3)) if is_complete(t)]
+
+
+def first_predictions() -> list:
+    """What a search's first results ask a fresh prior: one trial alone (gain trees), then among the others (the
+    in-context model)."""
+    predictor = FinalAccuracyPredictor(BANK)
+    probe = SEARCH[0]
+    context = SearchContext({str(i): t.history["val_acc"][:4] for i, t in enumerate(SEARCH[1:])})
+    return [predictor.predict(probe.upto(4), probe.config, probe.budget),
+            predictor.predict(probe.upto(4), probe.config, probe.budget, context)]  # fmt: skip
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "fits"))
+    return tmp_path / "fits"
+
+
+def test_a_prior_read_from_the_cache_fits_nothing_and_predicts_what_its_fit_did(cache: Path) -> None:
+    fitted = first_predictions()
+    kept = sorted(p.name for p in cache.iterdir())
+    assert {name.split("-")[0] for name in kept} == {"target", "error"}, kept
+    assert len(kept) == 4  # gain trees and their errors, in-context trees and their errors
+    with mock.patch("clp_tune.stopping.boosting.trees", wraps=trees) as fits:
+        assert first_predictions() == fitted
+    assert fits.call_count == 0
+    assert sorted(p.name for p in cache.iterdir()) == kept
+
+
+def test_a_damaged_entry_is_refitted_with_a_warning(cache: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fitted = first_predictions()
+    for entry in cache.iterdir():
+        entry.write_bytes(b"not an npz")
+    with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.fit_cache"):
+        assert first_predictions() == fitted
+    assert sum("unreadable" in r.getMessage() for r in caplog.records) == 4, caplog.text
+    for entry in cache.iterdir():  # refitted and kept again
+        with np.load(entry, allow_pickle=False) as arrays:
+            assert "value" in arrays.files
+
+
+def test_a_cache_that_cannot_be_written_only_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, OFF)
+    fitted = first_predictions()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(blocked / "fits"))
+    with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.fit_cache"):
+        assert first_predictions() == fitted
+    assert "not kept" in caplog.text
+    assert blocked.read_text() == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # and "off" kept nothing anywhere
+
+
+def test_fits_on_the_searchs_own_trials_are_not_kept(cache: Path) -> None:
+    """Only fits on the bank alone are the same in the next search; a refit with this search's trials is its own."""
+    predictor = FinalAccuracyPredictor(BANK, refit_every=2)
+    probe = SEARCH[0]
+    predictor.predict(probe.upto(4), probe.config, probe.budget)
+    kept = sorted(cache.iterdir())
+    predictor.observe_finished(SEARCH[1:3])
+    refitted = predictor.predict(probe.upto(4), probe.config, probe.budget)
+    assert refitted != FinalAccuracyPredictor(BANK).predict(probe.upto(4), probe.config, probe.budget)
+    assert sorted(cache.iterdir()) == kept
+
+
+def test_the_key_changes_with_every_input() -> None:
+    x = np.arange(12.0).reshape(4, 3)
+    key = fit_key("target", x, x[:, 0], None, 0)
+    changed = x.copy()
+    changed[3, 2] += 1e-12
+    assert fit_key("target", x, x[:, 0], None, 0) == key
+    assert len({key, fit_key("target", changed, x[:, 0], None, 0), fit_key("target", x, x[:, 0], None, 1),
+                fit_key("error", x, x[:, 0], None, 0), fit_key("target", x.astype(np.float32), x[:, 0], None, 0),
+                fit_key("target", x, x[:, 0], np.ones(4), 0)}) == 6  # fmt: skip
+
+
+def test_the_prior_fit_benchmark_gets_the_same_predictions_all_three_ways() -> None:
+    from clp_tune.bench.cost import prior_fit_cost
+
+    cost = prior_fit_cost(tasks=("digits_convnet_adamw_20",))
+    assert cost["same"] and cost["kept_mb"] > 0
+    assert set(cost["runs"]) == {"off", "empty", "warm"}
+    assert all(run["predictions"][0] != run["predictions"][1] for run in cost["runs"].values())  # alone, in context
