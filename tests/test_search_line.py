@@ -122,7 +122,7 @@ def test_every_finished_trial_recalibrates_the_prior_before_it_is_pooled() -> No
     newcomer = Trajectory({"val_acc": _curve(0.3, 0.8, 1000)}, {}, BUDGET)
     scores = predictor.finished_scores(newcomer, None)
     models = {model for model, *_ in scores}
-    assert models == {"curve", "curve+line"}
+    assert models == {"level", "level+line", "curve", "curve+line"}  # before the curve's third epoch, and after
     for model in models:
         fractions = [fraction for name, fraction, *_ in scores if name == model]
         assert len(fractions) == len(set(fractions)) > 1  # one score per cut

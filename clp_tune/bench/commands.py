@@ -18,10 +18,10 @@ from clp_tune.vocabulary import CHECKPOINTS_KEPT, DETECTORS, TRAJECTORY_OPTIONS
 PRIOR_HELP = (
     "the trajectory predictor's prior: other-tasks (default) = the shipped suite banks recorded on another dataset "
     "than the evaluated bank (its task's dataset, else its config/dataset column; every shipped bank when it has "
-    "none), so never a trial of the evaluated task or of another task on its dataset; none = no prior, what a "
-    "search on a new dataset gets; crossfit = the evaluated bank itself, cross-fitted by trial: an upper bound, "
-    "not a result; or PATH = a bank Parquet. The trajectory rows of other-tasks, none and crossfit are always "
-    "run; the chosen prior's row is marked *"
+    "none), so never a trial of the evaluated task or of another task on its dataset; none = no prior (the "
+    "predictor learns from the search alone; a search always has the shipped banks); crossfit = the evaluated "
+    "bank itself, cross-fitted by trial: an upper bound, not a result; or PATH = a bank Parquet. The trajectory "
+    "rows of other-tasks, none and crossfit are always run; the chosen prior's row is marked *"
 )
 
 

@@ -11,14 +11,13 @@ cache (:mod:`clp_tune.stopping.fit_cache`): the cost of a machine's first search
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import statistics as stats
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from clp_tune.stopping.bank_library import SUITE
 from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.factory import build_scheduler
 from clp_tune.stopping.features import is_complete, trajectories_from_frame
-from clp_tune.stopping.fit_cache import CACHE_ENV, OFF
+from clp_tune.stopping.fit_cache import OFF, cache_at
 from clp_tune.stopping.predictor import FinalAccuracyPredictor
 
 _MB = 1024 * 1024
@@ -63,7 +62,7 @@ def scheduler_cost(
         search = search[search["epoch"] <= judged_epochs]
     rows = result_rows(search)
     order = [str(t) for t in np.random.default_rng(seed).permutation(list(rows))]
-    with tempfile.TemporaryDirectory() as state_dir, tempfile.TemporaryDirectory() as fits, _fit_cache_at(fits):
+    with tempfile.TemporaryDirectory() as state_dir, tempfile.TemporaryDirectory() as fits, cache_at(fits):
         # the journal and snapshots a search writes, included; the prior fitted into an empty cache (a first search)
         scheduler = build_scheduler("trajectory", epochs, state_dir=state_dir,
                                     trajectory_options={"bank": bank} if bank else None)  # fmt: skip
@@ -134,20 +133,6 @@ def print_cost(cost: dict[str, Any]) -> None:
           f"MB (+{cost['rss_growth_mb']:.0f} MB)")  # fmt: skip
 
 
-@contextlib.contextmanager
-def _fit_cache_at(folder: Path | str) -> Iterator[None]:
-    """The fit cache (:data:`~clp_tune.stopping.fit_cache.CACHE_ENV`) set to ``folder`` for the block."""
-    before = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(folder)
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[CACHE_ENV]
-        else:
-            os.environ[CACHE_ENV] = before
-
-
 def prior_fit_cost(seed: int = 0, tasks: Sequence[str] = tuple(SUITE)) -> dict[str, Any]:
     """The default prior's first fits (on the shipped banks of ``tasks``), as a search's first results make them,
     three ways in a row: with the fit cache off, into an empty cache (a machine's first search) and from that cache
@@ -160,7 +145,7 @@ def prior_fit_cost(seed: int = 0, tasks: Sequence[str] = tuple(SUITE)) -> dict[s
     runs = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, cache in (("off", OFF), ("empty", folder), ("warm", folder)):
-            with _fit_cache_at(cache):
+            with cache_at(cache):
                 started = time.perf_counter()
                 predictor = FinalAccuracyPredictor(None, tasks=tuple(tasks))
                 built = time.perf_counter()

@@ -55,6 +55,7 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, kept: int, ru
     from clp_tune.bench.simulator import result_rows
     from clp_tune.bench.synthetic import synthetic_bank
     from clp_tune.stopping.factory import build_scheduler
+    from clp_tune.stopping.fit_cache import cache_at
     from clp_tune.stopping.slots import FrozenSlotsVariantGenerator
 
     rows = result_rows(synthetic_bank(trials, epochs, seed))
@@ -103,7 +104,7 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, kept: int, ru
     started = time.perf_counter()
     sampler.start()
     try:
-        with _quiet_tune():
+        with _quiet_tune(), cache_at(run_root / "fits"):  # each row fits its prior afresh, as a first search does
             results = tuner.fit()
     finally:
         done.set()

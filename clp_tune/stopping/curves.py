@@ -13,6 +13,8 @@ import numpy as np
 
 #: Epochs averaged into the "current level" of a curve.
 SMOOTH = 3
+#: Fewest epochs a curve is extrapolated from: a shape of three parameters needs three points.
+MIN_EPOCHS = 3
 
 _POW_C = np.geomspace(0.1, 3.0, 9)
 _EXP_C = np.geomspace(0.5, 40.0, 9)
@@ -35,12 +37,12 @@ def curve_extrapolation(val_acc: Sequence[float], budget: int) -> tuple[float, f
 
     Fits y = a + b*x^-c (power law), y = a + b*exp(-c*x) (exponential, c on a grid) and y = a + b*log(x), with x
     the fraction of the budget, and averages the three end values weighted by 1 / (mean squared error + noise
-    floor). Returns (extrapolated final accuracy, disagreement between the shapes). With fewer than three epochs
-    there is nothing to fit: the recent level is returned with zero disagreement.
+    floor). Returns (extrapolated final accuracy, disagreement between the shapes). With fewer than
+    :data:`MIN_EPOCHS` there is nothing to fit: the recent level is returned with zero disagreement.
     """
     y = np.asarray(val_acc, dtype=float)
     t = len(y)
-    if t < 3:
+    if t < MIN_EPOCHS:
         return float(y[-SMOOTH:].mean()), 0.0
     x = np.arange(1, t + 1) / budget
     fits = [

@@ -17,13 +17,14 @@ The cache is ``~/.cache/clp_tune/fits/``, or ``$CLP_TUNE_FIT_CACHE`` (``off``: n
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,6 +40,20 @@ OFF = "off"
 Fitted = TypeVar("Fitted")
 Arrays = Mapping[str, np.ndarray]
 Input = np.ndarray | float | int | str | None
+
+
+@contextlib.contextmanager
+def cache_at(folder: Path | str) -> Iterator[None]:
+    """The cache set to ``folder`` (or :data:`OFF`) for the block: a benchmark that times fits chooses its own."""
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[CACHE_ENV]
+        else:
+            os.environ[CACHE_ENV] = before
 
 
 def cache_dir() -> Path | None:

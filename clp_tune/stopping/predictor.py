@@ -5,8 +5,8 @@ late (Shalova et al., arXiv 2404.12293), and a cosine schedule lifts every curve
 therefore a biased guess, and a scheduler that stops trials needs a *distribution* of the final value, not a
 point. Four ingredients, from cheapest to most informed:
 
-* a parametric learning-curve extrapolation (:mod:`clp_tune.stopping.curves`): always available, needs nothing
-  else;
+* a parametric learning-curve extrapolation (:mod:`clp_tune.stopping.curves`): needs nothing else, from its
+  third epoch on (before it, a trial's final is anywhere between its level and 1);
 * trees fitted on trajectories (a bank, one row per trial-epoch, see
   :data:`~clp_tune.stopping.features.BANK_DOC`, and the search's finished trials): they map features of the
   partial trajectory at budget fraction f (:mod:`clp_tune.stopping.features`) to the gain still to come, and a
@@ -47,7 +47,7 @@ from scipy.special import ndtr, ndtri
 from clp_tune.stopping.boosting import TreesWithError, error_model, target_trees
 from clp_tune.stopping.calibration import MIN_STD, ConformalCalibration
 from clp_tune.stopping.context import SearchContext, context_features, expit, level_at, logit
-from clp_tune.stopping.curves import curve_extrapolation
+from clp_tune.stopping.curves import MIN_EPOCHS, curve_extrapolation
 from clp_tune.stopping.features import (
     FEATURES,
     History,
@@ -411,7 +411,7 @@ class FinalAccuracyPredictor:
         self, history: History, config: Mapping[str, Any], budget: int, context: SearchContext | None
     ) -> tuple[str, Prediction]:
         """The prediction of the models fitted on the bank (and refitted with the search's trials), and which one
-        made it: ``context``, ``trees`` or ``curve``."""
+        made it: ``context``, ``trees``, ``curve`` or ``level``."""
         feats = trajectory_features(history, config, budget)
         spread = spread_at(len(history["val_acc"]), context)
         if spread is not None and self._bank:
@@ -426,6 +426,12 @@ class FinalAccuracyPredictor:
         fitted = self._fitted[available]
         remaining = max(0.0, 1.0 - feats["fraction"])
         if fitted is None:
+            if len(history["val_acc"]) < MIN_EPOCHS:
+                # Nothing to extrapolate yet: the final lies anywhere between the level and a perfect score (a
+                # uniform's mean and std). The level with a spread of what is left stopped as hopeless, at epoch 1,
+                # best trials that rose from 0.3 to 0.97 (the README's no-prior rows).
+                level = feats["val_acc_level"]
+                return "level", Prediction(float((1 + level) / 2), max((1 - level) / math.sqrt(12), MIN_STD))
             # Curve extrapolation alone: trust it half-way and keep a spread that shrinks with what is left.
             mean = feats["val_acc_level"] + 0.5 * feats["curve_gain"]
             std = math.hypot(feats["curve_disagreement"] + 0.5 * abs(feats["curve_gain"]), 0.15 * remaining)
