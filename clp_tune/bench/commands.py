@@ -146,6 +146,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
                       f"values, one run each (default {CHECKPOINTS_KEPT}, the spec's checkpoints_kept)")  # fmt: skip
     load.add_argument("--dir", help="where the temporary run directories go, made if missing (default: the "
                       "system's temp dir)")  # fmt: skip
+    load.add_argument("--bank", help="bank Parquet for the prior (default: every shipped bank, as a search)")
     load.set_defaults(handler=_lazy("clp_tune.bench.driver_load", "driver_load_command"))
 
 

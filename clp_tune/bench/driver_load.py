@@ -44,10 +44,13 @@ def _tree_size(path: Path) -> tuple[int, int]:
     return sum(sizes), len(sizes)
 
 
-def driver_load(trials: int, epochs: int, workers: int, seed: int, kept: int, run_root: Path) -> dict[str, Any]:
-    """Replay ``trials`` synthetic trials of ``epochs`` through real Ray Tune under the trajectory scheduler with
-    ``workers`` concurrent trials, keeping ``kept`` checkpoints per trial; the driver's resident memory is sampled
-    every 0.2 s (and its peak read from the kernel), the run directory measured at the end."""
+def driver_load(
+    trials: int, epochs: int, workers: int, seed: int, kept: int, run_root: Path, bank: str | None = None
+) -> dict[str, Any]:
+    """Replay ``trials`` synthetic trials of ``epochs`` through real Ray Tune under the trajectory scheduler (its
+    prior on ``bank``, else the default: every shipped bank) with ``workers`` concurrent trials, keeping ``kept``
+    checkpoints per trial; the driver's resident memory is sampled every 0.2 s (and its peak read from the kernel),
+    the run directory measured at the end."""
     import ray
     from ray import tune
 
@@ -87,7 +90,8 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, kept: int, ru
 
     reported, trials_total = {"results": 0, "ended": 0}, len(rows)
 
-    scheduler = build_scheduler("trajectory", epochs, state_dir=run_dir)
+    scheduler = build_scheduler("trajectory", epochs, state_dir=run_dir,
+                                trajectory_options={"bank": bank} if bank else None)  # fmt: skip
     tuner = tune.Tuner(
         tune.with_parameters(make_replay_trainable(), rows=rows),
         param_space={"trial_id": tune.grid_search(list(rows))},
@@ -125,6 +129,8 @@ def driver_load(trials: int, epochs: int, workers: int, seed: int, kept: int, ru
 def driver_load_command(args: argparse.Namespace) -> int:
     """``clp-tune bench driver-load``: one child process per ``--checkpoints-kept`` value; exit 1 if any replayed
     trial errored, 2 on bad arguments."""
+    from clp_tune.bench.priors import BenchInputError, bank_at
+
     try:
         kept_values = positive_integers("--checkpoints-kept", args.checkpoints_kept, "1,2")
         if args.dir is not None:
@@ -133,12 +139,15 @@ def driver_load_command(args: argparse.Namespace) -> int:
             except OSError as error:
                 raise ValueError(f"--dir: expected a folder that exists or can be made, got {args.dir!r} "
                                  f"({error.strerror})") from None  # fmt: skip
-    except ValueError as error:
+        if args.bank is not None:
+            bank_at(args.bank, "--bank")
+    except (ValueError, BenchInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
-        f"real Ray Tune, trajectory scheduler, {args.trials} replayed trials x {args.epochs} epochs (synthetic "
-        f"bank, seed {args.seed}), max_concurrent_trials {args.workers}, a checkpoint per result",
+        f"real Ray Tune, trajectory scheduler (prior on {args.bank or 'every shipped bank'}), {args.trials} replayed "
+        f"trials x {args.epochs} epochs (synthetic bank, seed {args.seed}), max_concurrent_trials {args.workers}, a "
+        "checkpoint per result",
         flush=True,
     )
     print(
@@ -149,7 +158,7 @@ def driver_load_command(args: argparse.Namespace) -> int:
     loads = []
     for kept in kept_values:
         with tempfile.TemporaryDirectory(prefix="clp-driver-load-", dir=args.dir) as root:
-            job = [args.trials, args.epochs, args.workers, args.seed, kept, root]
+            job = [args.trials, args.epochs, args.workers, args.seed, kept, root, args.bank]
             done = subprocess.run([sys.executable, "-m", "clp_tune.bench.driver_load", json.dumps(job)],
                                   stdout=subprocess.PIPE, text=True)  # fmt: skip
             if done.returncode != 0:
@@ -174,5 +183,5 @@ def driver_load_command(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # one replay: python -m clp_tune.bench.driver_load JOB_JSON; prints its load as JSON
-    trials, epochs, workers, seed, kept, root = json.loads(sys.argv[1])
-    print(json.dumps(driver_load(trials, epochs, workers, seed, kept, Path(root))))
+    trials, epochs, workers, seed, kept, root, bank = json.loads(sys.argv[1])
+    print(json.dumps(driver_load(trials, epochs, workers, seed, kept, Path(root), bank)))
