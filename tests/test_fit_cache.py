@@ -4,6 +4,7 @@ unwritable cache costs a refit and a warning, never a search."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -106,3 +107,21 @@ def test_the_prior_fit_benchmark_gets_the_same_predictions_all_three_ways() -> N
     assert cost["same"] and cost["kept_mb"] > 0
     assert set(cost["runs"]) == {"off", "empty", "warm"}
     assert all(run["predictions"][0] != run["predictions"][1] for run in cost["runs"].values())  # alone, in context
+
+
+def test_the_least_recently_used_entries_go_beyond_the_bound(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clp_tune.stopping import fit_cache
+
+    x = np.arange(30.0).reshape(10, 3)
+    fits = [lambda i=i: {"value": np.full(2, float(i))} for i in range(4)]
+    kept = [fit_cache.cached("probe", fit, dict, dict, x, i) for i, fit in enumerate(fits[:3])]
+    oldest = next(p for p in cache.iterdir() if fit_key("probe", x, 0) in p.name)
+    os.utime(oldest, (1, 1))  # long unused ...
+    assert fit_cache.cached("probe", fits[0], dict, dict, x, 0)["value"][0] == kept[0]["value"][0]  # ... read now
+    second = next(p for p in cache.iterdir() if fit_key("probe", x, 1) in p.name)
+    os.utime(second, (2, 2))
+    monkeypatch.setattr(fit_cache, "MAX_ENTRIES", 3)
+    fit_cache.cached("probe", fits[3], dict, dict, x, 3)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        f"probe-{fit_key('probe', x, i)}.npz" for i in (0, 2, 3)
+    )  # the entry used least recently went

@@ -10,7 +10,7 @@ either makes a new key, never a stale fit.
 An entry is plain arrays: numpy's ``.npz``, read with ``allow_pickle=False``, so a file in the cache cannot run
 code. It is written under a temporary name and renamed, so a concurrent search never reads half a file. An entry
 that cannot be read is refitted and a folder that cannot be written is skipped, each with a warning: the cache
-only ever saves time, and deleting it is always safe.
+only ever saves time, and deleting it is always safe. It holds at most :data:`MAX_ENTRIES` entries.
 
 The cache is ``~/.cache/clp_tune/fits/``, or ``$CLP_TUNE_FIT_CACHE`` (``off``: no cache).
 """
@@ -36,6 +36,10 @@ CACHE_ENV = "CLP_TUNE_FIT_CACHE"
 DEFAULT_CACHE = Path("~/.cache/clp_tune/fits")
 #: The value of :data:`CACHE_ENV` that turns the cache off.
 OFF = "off"
+#: Entries kept; the least recently used go first. A search's prior makes a few per set of reported columns (about
+#: 0.1 MB each), and a new bank in the user's library makes new ones, so without a bound the cache grew with every
+#: finished search.
+MAX_ENTRIES = 64
 
 Fitted = TypeVar("Fitted")
 Arrays = Mapping[str, np.ndarray]
@@ -103,7 +107,9 @@ def cached(
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as entry:
-                return from_arrays({name: entry[name] for name in entry.files})
+                fitted = from_arrays({name: entry[name] for name in entry.files})
+            os.utime(path)  # recently used
+            return fitted
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             logger.warning("fit cache: refitting, %s is unreadable (%s)", path, error)
     fitted = fit()
@@ -122,5 +128,8 @@ def _keep(path: Path, arrays: Arrays) -> None:
             os.replace(temporary, path)
         finally:
             Path(temporary).unlink(missing_ok=True)  # gone once renamed; a leftover of a failed write otherwise
+        entries = sorted(path.parent.glob("*.npz"), key=lambda entry: entry.stat().st_mtime, reverse=True)
+        for stale in entries[MAX_ENTRIES:]:
+            stale.unlink(missing_ok=True)
     except OSError as error:
         logger.warning("fit cache: not kept, %s (%s=%s turns the cache off)", error, CACHE_ENV, OFF)
