@@ -125,3 +125,13 @@ def test_the_least_recently_used_entries_go_beyond_the_bound(cache: Path, monkey
     assert sorted(p.name for p in cache.iterdir()) == sorted(
         f"probe-{fit_key('probe', x, i)}.npz" for i in (0, 2, 3)
     )  # the entry used least recently went
+
+
+def test_a_read_only_cache_is_still_read(cache: Path) -> None:
+    """Marking an entry as used fails in a read-only cache (simulated: the tests may run as root, which writes
+    anyway); the entry is read all the same, not refitted."""
+    fitted = first_predictions()
+    refused = mock.patch("os.utime", side_effect=PermissionError("read-only"))
+    with refused, mock.patch("clp_tune.stopping.boosting.trees", wraps=trees) as fits:
+        assert first_predictions() == fitted
+    assert fits.call_count == 0

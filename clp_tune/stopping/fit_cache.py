@@ -108,10 +108,12 @@ def cached(
         try:
             with np.load(path, allow_pickle=False) as entry:
                 fitted = from_arrays({name: entry[name] for name in entry.files})
-            os.utime(path)  # recently used
-            return fitted
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             logger.warning("fit cache: refitting, %s is unreadable (%s)", path, error)
+        else:
+            with contextlib.suppress(OSError):  # recently used (a read-only cache is still read)
+                os.utime(path)
+            return fitted
     fitted = fit()
     _keep(path, to_arrays(fitted))
     return fitted
@@ -128,8 +130,10 @@ def _keep(path: Path, arrays: Arrays) -> None:
             os.replace(temporary, path)
         finally:
             Path(temporary).unlink(missing_ok=True)  # gone once renamed; a leftover of a failed write otherwise
+    except OSError as error:
+        logger.warning("fit cache: not kept, %s (%s=%s turns the cache off)", error, CACHE_ENV, OFF)
+        return
+    with contextlib.suppress(OSError):  # another search may be removing the same entries
         entries = sorted(path.parent.glob("*.npz"), key=lambda entry: entry.stat().st_mtime, reverse=True)
         for stale in entries[MAX_ENTRIES:]:
             stale.unlink(missing_ok=True)
-    except OSError as error:
-        logger.warning("fit cache: not kept, %s (%s=%s turns the cache off)", error, CACHE_ENV, OFF)
