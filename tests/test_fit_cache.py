@@ -52,8 +52,11 @@ def test_a_prior_read_from_the_cache_fits_nothing_and_predicts_what_its_fit_did(
 
 def test_a_damaged_entry_is_refitted_with_a_warning(cache: Path, caplog: pytest.LogCaptureFixture) -> None:
     fitted = first_predictions()
-    for entry in cache.iterdir():
+    entries = sorted(cache.iterdir())
+    for entry in entries[1:]:
         entry.write_bytes(b"not an npz")
+    with entries[0].open("wb") as foreign:  # a well-formed archive of other arrays
+        np.savez(foreign, weights=np.zeros(3))
     with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.fit_cache"):
         assert first_predictions() == fitted
     assert sum("unreadable" in r.getMessage() for r in caplog.records) == 4, caplog.text

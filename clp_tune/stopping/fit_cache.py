@@ -107,8 +107,8 @@ def cached(
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as entry:
-                fitted = from_arrays({name: entry[name] for name in entry.files})
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                fitted = from_arrays({name: entry[name] for name in entry.files})  # TypeError: other arrays
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
             logger.warning("fit cache: refitting, %s is unreadable (%s)", path, error)
         else:
             with contextlib.suppress(OSError):  # recently used (a read-only cache is still read)
