@@ -9,17 +9,16 @@ the one place that both the cluster and the client can reach.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shlex
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from clp_tune.environment import environment
 from clp_tune.vocabulary import REPORT_DIR, REPORT_PAGE
 
 STORAGE_ENV = "CLP_TUNE_STORAGE"
@@ -156,21 +155,12 @@ def _absolute(storage: str) -> str:
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
-@contextlib.contextmanager
-def _without_address_env() -> Iterator[None]:
-    saved = {name: os.environ.pop(name) for name in _ADDRESS_ENV if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
 def _connect(address: str):
     """A Jobs API client for ``address``; raises ConnectionError with a hint when nothing answers there."""
     from ray.job_submission import JobSubmissionClient
 
     try:
-        with _without_address_env():
+        with environment(**dict.fromkeys(_ADDRESS_ENV)):
             return JobSubmissionClient(address)
     except ConnectionError:
         raise ConnectionError(

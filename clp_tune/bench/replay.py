@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clp_tune.bench.simulator import Completion, Rows
+from clp_tune.environment import environment
 
 if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
@@ -57,20 +58,18 @@ def _quiet_tune() -> Iterator[None]:
     Tune prints banners even at verbose=0, and warns about "slow" scheduler calls when the predictor refits;
     the trials' result.json files are kept.
     """
-    key, previous = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
     tune_logger = logging.getLogger("ray.tune")
     level = tune_logger.level
-    os.environ[key] = "1"
     tune_logger.setLevel(logging.ERROR)
     try:
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        with (
+            environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"),
+            open(os.devnull, "w") as devnull,
+            contextlib.redirect_stdout(devnull),
+        ):
             yield
     finally:
         tune_logger.setLevel(level)
-        if previous is None:
-            del os.environ[key]
-        else:
-            os.environ[key] = previous
 
 
 @contextlib.contextmanager

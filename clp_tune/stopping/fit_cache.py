@@ -24,11 +24,13 @@ import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+
+from clp_tune.environment import environment
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +48,9 @@ Arrays = Mapping[str, np.ndarray]
 Input = np.ndarray | float | int | str | None
 
 
-@contextlib.contextmanager
-def cache_at(folder: Path | str) -> Iterator[None]:
+def cache_at(folder: Path | str) -> contextlib.AbstractContextManager[None]:
     """The cache set to ``folder`` (or :data:`OFF`) for the block: a benchmark that times fits chooses its own."""
-    before = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(folder)
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[CACHE_ENV]
-        else:
-            os.environ[CACHE_ENV] = before
+    return environment(**{CACHE_ENV: str(folder)})
 
 
 def cache_dir() -> Path | None:

@@ -1,0 +1,36 @@
+"""Environment variables set for a block and restored after it: the one way the code changes its own environment.
+
+Ray, Tune and the fit cache read settings from the environment, some of them in processes they start, so a setting
+for one block of work (a benchmark's own fit cache, a replay without Tune's loggers, a Jobs client that must not
+pick up a Ray address) is an environment variable, and it must not outlive the block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """Set each variable of ``values`` (None: unset it) for the block; restore every one as it was after it.
+
+    Example:
+        >>> with environment(CLP_TUNE_FIT_CACHE="off", RAY_ADDRESS=None):
+        ...     pass
+    """
+    before = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
