@@ -7,7 +7,6 @@ Nothing leaves the machine: the endpoint is loopback, and the credentials are mo
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from clp_tune.environment import environment
 
 START_TIMEOUT_S = 60
 
@@ -46,7 +47,6 @@ def moto_s3(bucket: str, log: Path) -> Iterator[dict[str, str]]:
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-    saved = {name: os.environ.get(name) for name in env}
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -57,15 +57,10 @@ def moto_s3(bucket: str, log: Path) -> Iterator[dict[str, str]]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"moto's S3 server did not start on {endpoint}:\n{log.read_text()}") from None
                 time.sleep(0.2)
-        os.environ.update(env)
-        boto3.client("s3", endpoint_url=endpoint, region_name=env["AWS_REGION"]).create_bucket(Bucket=bucket)
-        yield env
+        with environment(**env):
+            boto3.client("s3", endpoint_url=endpoint, region_name=env["AWS_REGION"]).create_bucket(Bucket=bucket)
+            yield env
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         server.terminate()
         try:
             server.wait(timeout=10)
