@@ -4,6 +4,7 @@ its prior and floors its spread at the measurement's noise."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -152,3 +153,11 @@ def test_log_odds_and_back_are_inverses(mean: float, std: float) -> None:
     assert (back.mean, back.std) == pytest.approx((mean, std), rel=1e-9)
     if mean == 0.5:  # to first order the spread is divided by the logit's slope p(1 - p)
         assert math.sqrt(variance) == pytest.approx(std / 0.25, rel=1e-3)
+
+
+def test_log_odds_far_below_any_accuracy_map_to_zero_without_a_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exp(1000) overflows: a RuntimeWarning in every search's log before
+        assert expit(-1000.0) == 0.0
+        assert expit(1000.0) == 1.0
+        assert Prediction.from_log_odds(-1000.0, 1.0).mean == 0.0

@@ -129,8 +129,9 @@ def logit(p: np.ndarray | float) -> np.ndarray:
 
 
 def expit(u: float) -> float:
-    """The accuracy of log-odds ``u``."""
-    return float(1 / (1 + np.exp(-u)))
+    """The accuracy of log-odds ``u`` (exactly 0 below about -709, where exp overflows: not worth a warning)."""
+    with np.errstate(over="ignore"):
+        return float(1 / (1 + np.exp(-u)))
 
 
 def scale(values: np.ndarray) -> float:
