@@ -152,9 +152,7 @@ def target_trees(x: np.ndarray, y: np.ndarray, seed: int, weight: np.ndarray | N
     def fit() -> OneRow:
         return OneRow.of(trees(200, 4, 0.05, seed).fit(x, y, sample_weight=weight))
 
-    if not cache:
-        return fit()
-    return fit_cache.cached("target", fit, OneRow.arrays, OneRow.from_arrays, x, y, weight, seed)
+    return fit_cache.cached("target", fit, OneRow.arrays, OneRow.from_arrays, x, y, weight, seed, use=cache)
 
 
 def error_model(
@@ -182,10 +180,8 @@ def error_model(
             tail = max(tail, float(np.quantile(z, COVERAGE)) / NOMINAL)
         return ErrorModel(OneRow.of(trees(50, 2, 0.1, seed + 7).fit(x, size, sample_weight=weight)), tail)
 
-    if not cache:
-        return fit()
     return fit_cache.cached("error", fit, ErrorModel.arrays, ErrorModel.from_arrays, x, y, folds, weight, seed,
-                            COVERAGE)  # fmt: skip
+                            COVERAGE, use=cache)  # fmt: skip
 
 
 @dataclass

@@ -90,10 +90,12 @@ def cached(
     to_arrays: Callable[[Fitted], Arrays],
     from_arrays: Callable[[Arrays], Fitted],
     *inputs: Input,
+    use: bool = True,
 ) -> Fitted:
     """The result of ``fit()``, read from the cache when a fit of ``kind`` on ``inputs`` was kept there, else fitted
-    and kept (as ``to_arrays`` makes it arrays; ``from_arrays`` makes it back)."""
-    folder = cache_dir()
+    and kept (as ``to_arrays`` makes it arrays; ``from_arrays`` makes it back). ``use=False`` (a fit that no other
+    search repeats) or a cache turned off: fitted, neither read nor kept."""
+    folder = cache_dir() if use else None
     if folder is None:
         return fit()
     path = folder / f"{kind}-{fit_key(kind, *inputs)}.npz"
