@@ -7,6 +7,11 @@ The search is sequential (``max_concurrent_trials: 1``) and seeded, and the same
 it: the resumed search must take exactly the decisions the uninterrupted one took, trial by trial and epoch by
 epoch. That only holds if the trajectory scheduler's state was mirrored to the bucket while the search ran and
 reloaded from there on resume (Ray rebuilds schedulers empty, ray-project/ray#30838).
+
+The scheduler's prior is one shipped bank (the digits MLP's), not the default nine: each of the three drivers
+builds its prior, and the nine banks' examples cost each of them tens of seconds on 2 busy cores; the state that
+must come back from the bucket is the same either way. A real run with the default prior is
+``test_scheduler.py``'s divergence test.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from conftest import reap_ray, tiny_spec, write_spec
 from driver_kill import cli_env, clp_tune, kill_at, log_tail, trial_states
 from s3_server import bucket_files, moto_s3, read_text
 
+from clp_tune.stopping.bank_library import SUITE
 from clp_tune.vocabulary import REPORT_DIR, REPORT_PAGE, SPEC_FILE, TRAJECTORIES_FILE, TRIALS_FILE
 
 BUCKET = "clp-tune-test"
@@ -104,7 +110,8 @@ def _by_index(frame: pd.DataFrame) -> pd.DataFrame:
 def test_search_on_s3_survives_its_driver_and_resumes_exactly(s3: dict[str, str], tmp_path: Path) -> None:
     spec = tiny_spec(
         name="s3resume", epochs=EPOCHS, num_samples=TRIALS, max_concurrent_trials=1, statistics=["tse"],
-        scheduler={"type": "trajectory"}, params={"lr": {"loguniform": [0.0003, 0.3]}, "batch_size": 4},
+        scheduler={"type": "trajectory", "bank": str(SUITE["digits_mlp_adamw_30"].path)},
+        params={"lr": {"loguniform": [0.0003, 0.3]}, "batch_size": 4},
     )  # fmt: skip
     spec_path = write_spec(tmp_path / "spec.yaml", spec)
     storage = f"s3://{BUCKET}/runs"
