@@ -9,6 +9,7 @@ import pytest
 
 from clp_tune.bench.record import SPACES, record_bank, sample_configs
 from clp_tune.stopping.bank_library import SHIPPED_BANK, SUITE
+from clp_tune.stopping.features import HISTORY_COLUMNS, planned_epochs, trajectories_from_frame
 from clp_tune.vocabulary import DATASET_SHAPES, MODEL_INPUT_RANK, STATISTIC_COLUMNS
 
 
@@ -78,3 +79,33 @@ def test_every_suite_bank_ships_complete_and_small(name: str) -> None:
     ):
         assert abs(configs.loc[config["trial_id"], "config/lr"] - config["lr"]) <= 1e-6 * config["lr"]
         assert configs.loc[config["trial_id"], "config/optimizer"] == task.optimizer
+
+
+def test_a_frame_splits_into_trajectories_in_order_of_appearance_keeping_a_repeated_epochs_last_row() -> None:
+    rows = [
+        {"trial_id": "b", "epoch": 2, "val_acc": 0.6, "config/lr": 0.3, "config/epochs": 2},
+        {"trial_id": "a", "epoch": 1, "val_acc": 0.1, "config/lr": 0.1, "config/epochs": 3},
+        {"trial_id": None, "epoch": 1, "val_acc": 0.9, "config/lr": 0.5, "config/epochs": 3},
+        {"trial_id": "b", "epoch": 1, "val_acc": 0.5, "config/lr": 0.2, "config/epochs": 2},
+        {"trial_id": "a", "epoch": 2, "val_acc": 0.4, "config/lr": 0.1, "config/epochs": 3},
+        {"trial_id": "a", "epoch": 1, "val_acc": 0.2, "config/lr": 0.15, "config/epochs": 3},  # epoch 1 again
+    ]
+    b, a = trajectories_from_frame(pd.DataFrame(rows))  # the row without a trial id belongs to none
+    assert (b.config["trial_id"], b.history["val_acc"], b.config["lr"], b.budget) == ("b", [0.5, 0.6], 0.2, 2)
+    assert (a.config["trial_id"], a.history["val_acc"], a.config["lr"], a.budget) == ("a", [0.2, 0.4], 0.15, 3)
+    assert trajectories_from_frame(pd.DataFrame(rows).iloc[:0]) == []
+
+
+def test_splitting_a_shuffled_bank_matches_splitting_it_trial_by_trial() -> None:
+    """The split, which sorts the whole frame once, against the plain definition (pandas, one trial at a time) on a
+    shipped bank shuffled and with a seventh of its rows repeated (the repeats later, so they are kept)."""
+    bank = pd.read_parquet(SUITE["digits_convnet_adamw_20"].path)
+    frame = pd.concat([bank.sample(frac=1.0, random_state=0), bank.iloc[::7].assign(val_acc=lambda f: f.val_acc / 2)])
+    expected = []
+    for trial_id, trial in frame.groupby("trial_id", sort=False):
+        trial = trial.drop_duplicates("epoch", keep="last").sort_values("epoch")
+        config = {c[len("config/") :]: trial[c].iloc[0] for c in frame.columns if c.startswith("config/")}
+        history = {c: trial[c].astype(float).tolist() for c in HISTORY_COLUMNS if c in frame}
+        expected.append((history, {**config, "trial_id": str(trial_id)}, planned_epochs(config, trial.epoch.max())))
+    got = [(t.history, t.config, t.budget) for t in trajectories_from_frame(frame)]
+    assert repr(got) == repr(expected)  # the values, and their types (the config's numpy scalars)

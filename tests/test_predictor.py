@@ -15,10 +15,10 @@ from scipy.stats import spearmanr
 from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.stopping.boosting import OneRow, error_model, trees
 from clp_tune.stopping.calibration import COVERAGE, NOMINAL
-from clp_tune.stopping.context import SearchContext
+from clp_tune.stopping.context import LevelCache, SearchContext, context_features
 from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import is_complete, trajectories_from_frame, trajectory_features
-from clp_tune.stopping.incontext import InContextModel
+from clp_tune.stopping.incontext import InContextModel, spread_at
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, last_value_prediction
 from clp_tune.stopping.prior import USER_FOLDS, USER_TASK_PREFIX, fold_labels, pooled, task_of
 
@@ -288,3 +288,20 @@ def test_without_a_prior_a_trial_of_one_or_two_epochs_is_not_hopeless() -> None:
         assert predicted.mean == pytest.approx((1 + np.mean(best[:epoch])) / 2)
         assert predicted.prob_above(finals.iloc[-2]) > 0.05  # not even paused
     assert predictor.predict({"val_acc": best[:3]}, {}, 20).mean < 0.9  # from the third epoch, the curve's own guess
+
+
+def test_a_context_of_whole_curves_reads_each_only_up_to_the_epoch() -> None:
+    """The in-context model builds each bank trial's contexts from the other trials' whole curves with one level
+    cache: what it reads at epoch t must be what a search sees there, the curves cut at t."""
+    rng = np.random.default_rng(4)
+    curves = {str(j): list(np.clip(np.cumsum(rng.uniform(0, 0.08, 12)) + rng.normal(0, 0.02, 12), 0, 1))
+              for j in range(7)}  # fmt: skip
+    finals = {"1": curves["1"][-1], "4": curves["4"][-1]}
+    own = list(np.linspace(0.1, 0.6, 12))
+    levels = LevelCache()
+    for epoch in range(1, 13):
+        whole = SearchContext(curves, finals, cache=levels)
+        cut = SearchContext({j: c[:epoch] for j, c in curves.items()}, finals)
+        assert spread_at(epoch, whole) == spread_at(epoch, cut)
+        expected = context_features(own[:epoch], cut)
+        assert context_features(own[:epoch], whole) == pytest.approx(expected, rel=0, abs=0, nan_ok=True)

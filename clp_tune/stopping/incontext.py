@@ -26,6 +26,7 @@ from clp_tune.stopping.boosting import TreesWithError, error_model, target_trees
 from clp_tune.stopping.context import (
     CONTEXT_FEATURES,
     CONTEXT_MIN,
+    LevelCache,
     SearchContext,
     context_features,
     expit,
@@ -70,13 +71,15 @@ class InContextModel:
                 continue
             curves = [tr.history["val_acc"] for tr in trajectories]
             finals = [tr.final for tr in trajectories]
+            levels = LevelCache()  # each bank trial's levels, computed once for every context it stands in
             for i, (trajectory, cuts) in enumerate(zip(trajectories, rows, strict=True)):
                 rng = np.random.default_rng([seed, t, i])
                 others = [j for j in range(len(curves)) if j != i]
                 finished = rng.choice(others, size=int(rng.integers(1, len(others) + 1)), replace=False)
                 for epoch, row in zip(cut_epochs(trajectory.budget), cuts, strict=True):
+                    # Whole curves: a context at ``epoch`` reads each curve up to ``epoch`` only.
                     context = SearchContext(
-                        {str(j): curves[j][:epoch] for j in others}, {str(j): finals[j] for j in finished}
+                        {str(j): curves[j] for j in others}, {str(j): finals[j] for j in finished}, cache=levels
                     )
                     spread = spread_at(epoch, context)
                     if spread is None:  # non-finite curves left too few others
