@@ -182,13 +182,14 @@ def trajectories_from_frame(frame: pd.DataFrame) -> list[Trajectory]:
     order = np.flatnonzero(kept)[np.lexsort((epochs[kept], trial[kept]))]
     rows = frame.iloc[order]
     history = {c: rows[c].astype(float).to_numpy() for c in columns}
+    configs = {c[len("config/") :]: rows[c].to_numpy() for c in config_columns}  # each value as ``.iloc`` gives it
     epochs, trial = epochs[order], trial[order]
     if not len(order):
         return []
     starts = np.flatnonzero(np.r_[True, trial[1:] != trial[:-1]])
     out = []
     for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
-        config = {c[len("config/") :]: rows[c].iloc[start] for c in config_columns}
+        config = {name: values[start] for name, values in configs.items()}
         config["trial_id"] = str(ids[trial[start]])
         out.append(Trajectory({c: values[start:end].tolist() for c, values in history.items()}, config,
                               planned_epochs(config, int(epochs[start:end].max()))))  # fmt: skip
