@@ -9,8 +9,8 @@ epoch. That only holds if the trajectory scheduler's state was mirrored to the b
 reloaded from there on resume (Ray rebuilds schedulers empty, ray-project/ray#30838).
 
 The scheduler's prior is one shipped bank (the digits MLP's), not the default nine: each of the three drivers
-builds its prior, and the nine banks' examples cost each of them tens of seconds on 2 busy cores; the state that
-must come back from the bucket is the same either way. A real run with the default prior is
+builds its prior, and the nine banks' examples held each one's first result for many seconds on 2 busy cores; the
+state that must come back from the bucket is the same either way. A real run with the default prior is
 ``test_scheduler.py``'s divergence test.
 """
 

@@ -180,12 +180,12 @@ def trajectories_from_frame(frame: pd.DataFrame) -> list[Trajectory]:
     kept = ~frame.duplicated(["trial_id", "epoch"], keep="last").to_numpy() & (trial >= 0)
     epochs = frame["epoch"].to_numpy()
     order = np.flatnonzero(kept)[np.lexsort((epochs[kept], trial[kept]))]
+    if not len(order):
+        return []
     rows = frame.iloc[order]
     history = {c: rows[c].astype(float).to_numpy() for c in columns}
     configs = {c[len("config/") :]: rows[c].to_numpy() for c in config_columns}  # each value as ``.iloc`` gives it
     epochs, trial = epochs[order], trial[order]
-    if not len(order):
-        return []
     starts = np.flatnonzero(np.r_[True, trial[1:] != trial[:-1]])
     out = []
     for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
