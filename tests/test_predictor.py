@@ -270,6 +270,21 @@ def test_the_spread_is_widened_until_the_worst_unseen_task_is_covered() -> None:
     assert 1.0 <= even.tail < 1.5, even.tail
 
 
+def test_the_error_models_folds_fitted_side_by_side_give_what_one_after_the_other_gives() -> None:
+    """The folds' fits run in threads, one per core: the model must be the one a single core fits, array for
+    array (each fit has its own seed and rows; nothing may be shared between them)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 3))
+    y, folds, weight = x[:, 0] + rng.normal(size=600), np.repeat([0, 1, 2, 3], 150), rng.uniform(0.5, 2.0, 600)
+    with mock.patch("os.sched_getaffinity", return_value={0, 1, 2, 3}, create=True):
+        threads = error_model(x, y, folds, seed=3, weight=weight, cache=False).arrays()
+    with mock.patch("os.sched_getaffinity", return_value={0}, create=True):
+        alone = error_model(x, y, folds, seed=3, weight=weight, cache=False).arrays()
+    assert threads.keys() == alone.keys()
+    for name, values in threads.items():
+        np.testing.assert_array_equal(values, alone[name], err_msg=name)
+
+
 def test_without_a_prior_a_trial_of_one_or_two_epochs_is_not_hopeless() -> None:
     """The best trial of the shipped mnist1d_cnn1d_sgd_20 bank rose from 0.33 at epoch 1 to 0.97. With no prior and
     fewer epochs than a curve is fitted from, its level with a spread of what is left called it hopeless against

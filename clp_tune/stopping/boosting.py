@@ -11,14 +11,18 @@ Fits on a prior's bank alone are the same in every search, so they are kept on d
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from clp_tune.stopping import fit_cache
 from clp_tune.stopping.calibration import COVERAGE, NOMINAL
+
+T = TypeVar("T")
 
 #: A normal's std over its mean absolute deviation: error trees fit absolute errors, the spread is a std.
 ABS_TO_STD = math.sqrt(math.pi / 2)
@@ -145,6 +149,18 @@ class ErrorModel:
                    float(arrays["tail"]))  # fmt: skip
 
 
+def side_by_side(fit: Callable[[int], T], items: Iterable[int]) -> list[T]:
+    """``[fit(i) for i in items]``, run in threads, one per core this process may use: a search's first fits hold
+    Tune's driver while its trials wait for it, so the other cores idle, and scikit-learn builds trees without the
+    GIL. Each fit has its own seed and rows, so the results are those of a loop."""
+    items = list(items)
+    workers = min(len(items), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers <= 1:
+        return [fit(i) for i in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fit, items))
+
+
 def target_trees(x: np.ndarray, y: np.ndarray, seed: int, weight: np.ndarray | None = None, *, cache: bool) -> OneRow:
     """The predictor's trees of a target on ``x`` (200 of depth 4), from the fit cache
     (:mod:`~clp_tune.stopping.fit_cache`) where ``cache`` allows and these rows were fitted before."""
@@ -168,17 +184,24 @@ def error_model(
     def fit() -> ErrorModel:
         splits = [(folds == fold, folds != fold) for fold in np.unique(folds)]
         samples = [None if weight is None else weight[train] for _, train in splits]
+
+        def out_of_fold(k: int) -> np.ndarray:
+            (test, train), sample = splits[k], samples[k]
+            return trees(60, 3, 0.1, seed + k).fit(x[train], y[train], sample_weight=sample).predict(x[test])
+
         residual = np.zeros_like(y)
-        for k, ((test, train), sample) in enumerate(zip(splits, samples, strict=True)):
-            model = trees(60, 3, 0.1, seed + k).fit(x[train], y[train], sample_weight=sample)
-            residual[test] = y[test] - model.predict(x[test])
+        for (test, _), predicted in zip(splits, side_by_side(out_of_fold, range(len(splits))), strict=True):
+            residual[test] = y[test] - predicted
         size = np.abs(residual)
-        tail = 1.0
-        for k, ((test, train), sample) in enumerate(zip(splits, samples, strict=True)):
+
+        def widening(k: int) -> float:
+            (test, train), sample = splits[k], samples[k]
             unseen = trees(50, 2, 0.1, seed + 7 + k).fit(x[train], size[train], sample_weight=sample)
             z = size[test] / np.maximum(ABS_TO_STD * unseen.predict(x[test]), 1e-9)
-            tail = max(tail, float(np.quantile(z, COVERAGE)) / NOMINAL)
-        return ErrorModel(OneRow.of(trees(50, 2, 0.1, seed + 7).fit(x, size, sample_weight=weight)), tail)
+            return float(np.quantile(z, COVERAGE)) / NOMINAL
+
+        tails = side_by_side(widening, range(len(splits)))
+        return ErrorModel(OneRow.of(trees(50, 2, 0.1, seed + 7).fit(x, size, sample_weight=weight)), max(1.0, *tails))
 
     return fit_cache.cached("error", fit, ErrorModel.arrays, ErrorModel.from_arrays, x, y, folds, weight, seed,
                             COVERAGE, use=cache)  # fmt: skip
