@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from clp_tune.bench.synthetic import synthetic_bank
-from clp_tune.stopping.boosting import OneRow, error_model, trees
+from clp_tune.stopping.boosting import OneRow, error_model, fitted_together, target_trees, trees
 from clp_tune.stopping.calibration import COVERAGE, NOMINAL
 from clp_tune.stopping.context import LevelCache, SearchContext, context_features
 from clp_tune.stopping.curves import curve_extrapolation
@@ -283,6 +283,21 @@ def test_the_error_models_folds_fitted_side_by_side_give_what_one_after_the_othe
     assert threads.keys() == alone.keys()
     for name, values in threads.items():
         np.testing.assert_array_equal(values, alone[name], err_msg=name)
+
+
+def test_a_models_target_and_error_fitted_together_are_those_fitted_apart() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 3))
+    y, folds = x[:, 1] + rng.normal(size=300), np.repeat([0, 1, 2], 100)
+    target, error = fitted_together(lambda: target_trees(x, y, 5, cache=False),
+                                    lambda: error_model(x, y, folds, 5, cache=False))  # fmt: skip
+    np.testing.assert_array_equal(target.predict(x[0]), target_trees(x, y, 5, cache=False).predict(x[0]))
+    apart = error_model(x, y, folds, 5, cache=False).arrays()
+    assert error.arrays().keys() == apart.keys()
+    for name, values in error.arrays().items():
+        np.testing.assert_array_equal(values, apart[name], err_msg=name)
+    with pytest.raises(ValueError, match="no folds"):
+        fitted_together(lambda: target, lambda: (_ for _ in ()).throw(ValueError("no folds")))
 
 
 def test_without_a_prior_a_trial_of_one_or_two_epochs_is_not_hopeless() -> None:

@@ -161,6 +161,14 @@ def side_by_side(fit: Callable[[int], T], items: Iterable[int]) -> list[T]:
         return list(pool.map(fit, items))
 
 
+def fitted_together(target: Callable[[], OneRow], error: Callable[[], ErrorModel]) -> tuple[OneRow, ErrorModel]:
+    """``(target(), error())``, the error model fitted in a thread while the target's trees are fitted here: they
+    share no data, and the target's one fit uses a core the error model's folds leave idle as they end."""
+    with ThreadPoolExecutor(1) as pool:
+        spread = pool.submit(error)
+        return target(), spread.result()
+
+
 def target_trees(x: np.ndarray, y: np.ndarray, seed: int, weight: np.ndarray | None = None, *, cache: bool) -> OneRow:
     """The predictor's trees of a target on ``x`` (200 of depth 4), from the fit cache
     (:mod:`~clp_tune.stopping.fit_cache`) where ``cache`` allows and these rows were fitted before."""

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from clp_tune.stopping.boosting import TreesWithError, error_model, target_trees
+from clp_tune.stopping.boosting import TreesWithError, error_model, fitted_together, target_trees
 from clp_tune.stopping.context import (
     CONTEXT_FEATURES,
     CONTEXT_MIN,
@@ -109,8 +109,10 @@ class InContextModel:
         medians = np.nanmedian(x, axis=0)
         x = np.where(np.isnan(x), medians, x)
         folds = self._task if len(np.unique(self._task)) > 1 else self._trial % 3
-        error = error_model(x, self._y, folds, self.seed, cache=True)  # the bank alone: the same in every search
-        final = target_trees(x, self._y, self.seed, cache=True)
+        final, error = fitted_together(  # the bank alone: the same in every search, so both are cached
+            lambda: target_trees(x, self._y, self.seed, cache=True),
+            lambda: error_model(x, self._y, folds, self.seed, cache=True),
+        )
         return TreesWithError([COLUMNS[i] for i in index], medians, final, error)
 
     def predict(self, features: Mapping[str, float], spread: float) -> tuple[float, float] | None:

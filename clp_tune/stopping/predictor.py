@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
-from clp_tune.stopping.boosting import TreesWithError, error_model, target_trees
+from clp_tune.stopping.boosting import ErrorModel, TreesWithError, error_model, fitted_together, target_trees
 from clp_tune.stopping.calibration import MIN_STD, ConformalCalibration
 from clp_tune.stopping.context import SearchContext, context_features, expit, level_at, logit
 from clp_tune.stopping.curves import MIN_EPOCHS, curve_extrapolation
@@ -336,12 +336,17 @@ class FinalAccuracyPredictor:
         medians = np.nanmedian(x, axis=0)
         x = np.where(np.isnan(x), medians, x)
         previous = self._fitted.get(available)
-        error = previous.error if previous is not None and previous.columns == columns else None
-        if error is None:
+
+        def spread() -> ErrorModel:
+            if previous is not None and previous.columns == columns:
+                return previous.error
             xe, ye, we, group = self._examples(columns, first)
             xe = np.where(np.isnan(xe), medians, xe)
-            error = error_model(xe, ye, self._folds(group), self.seed, we, cache=first == 0)
-        gain = target_trees(x, y, self.seed, w, cache=self._own_at_fit == 0)  # fits on the bank alone are kept
+            return error_model(xe, ye, self._folds(group), self.seed, we, cache=first == 0)
+
+        gain, error = fitted_together(  # fits on the bank alone are kept
+            lambda: target_trees(x, y, self.seed, w, cache=self._own_at_fit == 0), spread
+        )
         return TreesWithError(columns, medians, gain, error)  # the gain still to come
 
     def _folds(self, group: np.ndarray) -> np.ndarray:
