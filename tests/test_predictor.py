@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from clp_tune.bench.synthetic import synthetic_bank
-from clp_tune.stopping.boosting import OneRow, error_model, fitted_together, target_trees, trees
+from clp_tune.stopping.boosting import ErrorModel, OneRow, error_model, fitted_together, target_trees, trees
 from clp_tune.stopping.calibration import COVERAGE, NOMINAL
 from clp_tune.stopping.context import LevelCache, SearchContext, context_features
 from clp_tune.stopping.curves import curve_extrapolation
@@ -270,6 +270,13 @@ def test_the_spread_is_widened_until_the_worst_unseen_task_is_covered() -> None:
     assert 1.0 <= even.tail < 1.5, even.tail
 
 
+def _assert_same_arrays(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    """A fitted model's arrays (``arrays()``), name for name and value for value."""
+    assert got.keys() == expected.keys()
+    for name, values in got.items():
+        np.testing.assert_array_equal(values, expected[name], err_msg=name)
+
+
 def test_the_error_models_folds_fitted_side_by_side_give_what_one_after_the_other_gives() -> None:
     """The folds' fits run in threads, one per core: the model must be the one a single core fits, array for
     array (each fit has its own seed and rows; nothing may be shared between them)."""
@@ -280,9 +287,7 @@ def test_the_error_models_folds_fitted_side_by_side_give_what_one_after_the_othe
         threads = error_model(x, y, folds, seed=3, weight=weight, cache=False).arrays()
     with mock.patch("os.sched_getaffinity", return_value={0}, create=True):
         alone = error_model(x, y, folds, seed=3, weight=weight, cache=False).arrays()
-    assert threads.keys() == alone.keys()
-    for name, values in threads.items():
-        np.testing.assert_array_equal(values, alone[name], err_msg=name)
+    _assert_same_arrays(threads, alone)
 
 
 def test_a_models_target_and_error_fitted_together_are_those_fitted_apart() -> None:
@@ -292,12 +297,13 @@ def test_a_models_target_and_error_fitted_together_are_those_fitted_apart() -> N
     target, error = fitted_together(lambda: target_trees(x, y, 5, cache=False),
                                     lambda: error_model(x, y, folds, 5, cache=False))  # fmt: skip
     np.testing.assert_array_equal(target.predict(x[0]), target_trees(x, y, 5, cache=False).predict(x[0]))
-    apart = error_model(x, y, folds, 5, cache=False).arrays()
-    assert error.arrays().keys() == apart.keys()
-    for name, values in error.arrays().items():
-        np.testing.assert_array_equal(values, apart[name], err_msg=name)
+    _assert_same_arrays(error.arrays(), error_model(x, y, folds, 5, cache=False).arrays())
+
+    def no_folds() -> ErrorModel:
+        raise ValueError("no folds")
+
     with pytest.raises(ValueError, match="no folds"):
-        fitted_together(lambda: target, lambda: (_ for _ in ()).throw(ValueError("no folds")))
+        fitted_together(lambda: target, no_folds)
 
 
 def test_without_a_prior_a_trial_of_one_or_two_epochs_is_not_hopeless() -> None:
