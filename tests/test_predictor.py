@@ -15,10 +15,10 @@ from scipy.stats import spearmanr
 from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.stopping.boosting import ErrorModel, OneRow, error_model, fitted_together, target_trees, trees
 from clp_tune.stopping.calibration import COVERAGE, NOMINAL
-from clp_tune.stopping.context import LevelCache, SearchContext, context_features
+from clp_tune.stopping.context import SearchContext, TaskLevels, context_features, level_at, standing
 from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import is_complete, trajectories_from_frame, trajectory_features
-from clp_tune.stopping.incontext import InContextModel, spread_at
+from clp_tune.stopping.incontext import InContextModel, spread_at, spread_of
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, last_value_prediction
 from clp_tune.stopping.prior import USER_FOLDS, USER_TASK_PREFIX, fold_labels, pooled, task_of
 
@@ -326,18 +326,27 @@ def test_without_a_prior_a_trial_of_one_or_two_epochs_is_not_hopeless() -> None:
     assert predictor.predict({"val_acc": best[:3]}, {}, 20).mean < 0.9  # from the third epoch, the curve's own guess
 
 
-def test_a_context_of_whole_curves_reads_each_only_up_to_the_epoch() -> None:
-    """The in-context model builds each bank trial's contexts from the other trials' whole curves with one level
-    cache: what it reads at epoch t must be what a search sees there, the curves cut at t."""
+def test_a_bank_trials_search_read_from_the_task_matrix_is_the_search_context_of_the_other_curves() -> None:
+    """The in-context model stands each bank trial among every other trial of its task through one matrix of
+    levels (:class:`TaskLevels`): what it reads at epoch t must be what a search of the other curves cut at t shows
+    -- the same values in the same order, short and non-finite curves left out -- and so the same features."""
     rng = np.random.default_rng(4)
-    curves = {str(j): list(np.clip(np.cumsum(rng.uniform(0, 0.08, 12)) + rng.normal(0, 0.02, 12), 0, 1))
-              for j in range(7)}  # fmt: skip
-    finals = {"1": curves["1"][-1], "4": curves["4"][-1]}
-    own = list(np.linspace(0.1, 0.6, 12))
-    levels = LevelCache()
-    for epoch in range(1, 13):
-        whole = SearchContext(curves, finals, cache=levels)
-        cut = SearchContext({j: c[:epoch] for j, c in curves.items()}, finals)
-        assert spread_at(epoch, whole) == spread_at(epoch, cut)
-        expected = context_features(own[:epoch], cut)
-        assert context_features(own[:epoch], whole) == pytest.approx(expected, rel=0, abs=0, nan_ok=True)
+    curves = [list(np.clip(np.cumsum(rng.uniform(0, 0.08, 12)) + rng.normal(0, 0.02, 12), 0, 1)) for _ in range(8)]
+    curves[2] = curves[2][:7]  # a shorter trial: not in the searches past its epoch 7
+    curves[5][4] = math.nan  # a non-finite epoch: its levels around it are those of the finite values
+    curves[6][:3] = [math.nan] * 3  # no finite value in its first epochs: left out there
+    levels = TaskLevels(curves)
+    incumbent = 3
+    for member in (0, 2, 5):
+        for epoch in range(1, len(curves[member]) + 1):
+            others = {str(j): curves[j][:epoch] for j in range(len(curves)) if j != member}
+            search = SearchContext(others, {str(incumbent): curves[incumbent][-1]})
+            values, earlier = levels.values_at(epoch, without=member)
+            expected_values, expected_earlier = search.values_at(epoch)
+            assert np.array_equal(values, expected_values) and np.array_equal(earlier, expected_earlier)
+            assert spread_of(values) == spread_at(epoch, search)
+            best = (level_at(curves[incumbent], epoch), curves[incumbent][-1])
+            expected = context_features(curves[member][:epoch], search)
+            assert standing(curves[member][:epoch], values, earlier, best) == pytest.approx(
+                expected, rel=0, abs=0, nan_ok=True
+            )

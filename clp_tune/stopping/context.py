@@ -141,12 +141,24 @@ def scale(values: np.ndarray) -> float:
 
 def context_features(curve: Curve, context: SearchContext | None) -> dict[str, float]:
     """In-context features of a trial whose val_acc so far is ``curve``; NaN where the search cannot say."""
-    out = dict.fromkeys(CONTEXT_FEATURES, math.nan)
     if context is None:
-        return out
+        return dict.fromkeys(CONTEXT_FEATURES, math.nan)
+    epoch = len(curve)
+    values, earlier = context.values_at(epoch)
+    incumbent = context.incumbent()
+    best = None if incumbent is None else (level_at(context.curves[incumbent], epoch), context.finals[incumbent])
+    return standing(curve, values, earlier, best)
+
+
+def standing(
+    curve: Curve, values: np.ndarray, earlier: np.ndarray, incumbent: tuple[float, float] | None
+) -> dict[str, float]:
+    """:func:`context_features` from what they read of the search: the other trials' levels at the trial's epoch
+    and :data:`SMOOTH` epochs before (:meth:`SearchContext.values_at`), and the incumbent's level at that epoch and
+    its final (None: no trial has finished)."""
+    out = dict.fromkeys(CONTEXT_FEATURES, math.nan)
     epoch = len(curve)
     level, before = level_at(curve, epoch), level_at(curve, max(1, epoch - SMOOTH))
-    values, earlier = context.values_at(epoch)
     if len(values) < CONTEXT_MIN or not math.isfinite(level) or not math.isfinite(before):
         return out
     values, level = logit(values), float(logit(level))
@@ -159,20 +171,33 @@ def context_features(curve: Curve, context: SearchContext | None) -> dict[str, f
     out["ctx_gap_kth"] = (level - float(ranked[min(CONTEXT_K, len(ranked)) - 1])) / spread
     out["ctx_log_spread"] = math.log10(spread)
     out["ctx_rise_z"] = (rise - float(np.mean(rises))) / scale(rises)
-    incumbent = context.incumbent()
     if incumbent is not None:
-        at_epoch = level_at(context.curves[incumbent], epoch)
+        at_epoch, final = incumbent
         if math.isfinite(at_epoch):
             at_epoch = float(logit(at_epoch))
             out["ctx_gap_incumbent"] = (level - at_epoch) / spread
-            out["ctx_incumbent_gain"] = (float(logit(context.finals[incumbent])) - at_epoch) / spread
+            out["ctx_incumbent_gain"] = (float(logit(final)) - at_epoch) / spread
     return out
 
 
-def bank_context(
-    curves: Sequence[Curve], finals: Sequence[float], member: int, finished: Sequence[int]
-) -> SearchContext:
-    """The context of trial ``member`` of a bank: every other trial of its task, ``finished`` of them with known
-    finals (the rest as if still running); what a search whose trials all reached the cut epoch would show."""
-    others = {str(i): curves[i] for i in range(len(curves)) if i != member}
-    return SearchContext(others, {str(i): finals[i] for i in finished if i != member})
+class TaskLevels:
+    """The levels of every trial of one task at every epoch, as a matrix (NaN past a trial's last epoch).
+
+    The in-context model stands each bank trial, at each cut, among every other trial of its task: thousands of
+    searches, each read at one epoch. A row slice reads one in a few array operations, where a
+    :class:`SearchContext` of the other curves would loop over them in Python.
+    """
+
+    def __init__(self, curves: Sequence[Curve]):
+        self._lengths = np.array([len(curve) for curve in curves], dtype=int)
+        self._levels = np.full((len(curves), int(self._lengths.max(initial=0))), math.nan)
+        for row, curve in enumerate(curves):
+            self._levels[row, : len(curve)] = [level_at(curve, epoch) for epoch in range(1, len(curve) + 1)]
+
+    def values_at(self, epoch: int, without: int) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`SearchContext.values_at` gives for a search of every trial but ``without``, none ended."""
+        others = self._lengths >= epoch
+        others[without] = False
+        now, before = self._levels[others, epoch - 1], self._levels[others, max(1, epoch - SMOOTH) - 1]
+        keep = np.isfinite(now) & np.isfinite(before)
+        return now[keep], before[keep]

@@ -26,12 +26,13 @@ from clp_tune.stopping.boosting import TreesWithError, error_model, fitted_toget
 from clp_tune.stopping.context import (
     CONTEXT_FEATURES,
     CONTEXT_MIN,
-    LevelCache,
     SearchContext,
-    context_features,
+    TaskLevels,
     expit,
+    level_at,
     logit,
     scale,
+    standing,
 )
 from clp_tune.stopping.features import FEATURES, Trajectory, cut_epochs
 
@@ -45,9 +46,11 @@ COLUMNS = tuple(c for c in FEATURES if c not in ABSOLUTE) + CONTEXT_FEATURES
 
 def spread_at(epoch: int, context: SearchContext | None) -> float | None:
     """The search's spread of log-odds at ``epoch`` (the target's unit); None when too few others are there."""
-    if context is None:
-        return None
-    values, _ = context.values_at(epoch)
+    return None if context is None else spread_of(context.values_at(epoch)[0])
+
+
+def spread_of(values: np.ndarray) -> float | None:
+    """The spread of log-odds of the other trials' levels ``values``; None when they are too few."""
     return scale(logit(values)) if len(values) >= CONTEXT_MIN else None
 
 
@@ -71,20 +74,19 @@ class InContextModel:
                 continue
             curves = [tr.history["val_acc"] for tr in trajectories]
             finals = [tr.final for tr in trajectories]
-            levels = LevelCache()  # each bank trial's levels, computed once for every context it stands in
+            levels = TaskLevels(curves)  # each trial's search: every other trial of its task
             for i, (trajectory, cuts) in enumerate(zip(trajectories, rows, strict=True)):
                 rng = np.random.default_rng([seed, t, i])
                 others = [j for j in range(len(curves)) if j != i]
                 finished = rng.choice(others, size=int(rng.integers(1, len(others) + 1)), replace=False)
+                incumbent = max(finished.tolist(), key=finals.__getitem__)  # ties: the first drawn
                 for epoch, row in zip(cut_epochs(trajectory.budget), cuts, strict=True):
-                    # Whole curves: a context at ``epoch`` reads each curve up to ``epoch`` only.
-                    context = SearchContext(
-                        {str(j): curves[j] for j in others}, {str(j): finals[j] for j in finished}, cache=levels
-                    )
-                    spread = spread_at(epoch, context)
+                    values, earlier = levels.values_at(epoch, without=i)
+                    spread = spread_of(values)
                     if spread is None:  # non-finite curves left too few others
                         continue
-                    features = {**row, **context_features(curves[i][:epoch], context)}
+                    best = (level_at(curves[incumbent], epoch), finals[incumbent])
+                    features = {**row, **standing(curves[i][:epoch], values, earlier, best)}
                     xs.append([features[c] for c in COLUMNS])
                     ys.append((float(logit(trajectory.final)) - float(logit(row["val_acc_level"]))) / spread)
                     task_of_row.append(t)
