@@ -7,7 +7,9 @@ fraction of the budget, so trials with different budgets compare.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,16 +22,43 @@ _POW_C = np.geomspace(0.1, 3.0, 9)
 _EXP_C = np.geomspace(0.5, 40.0, 9)
 
 
-def _best_linear_fit(basis: np.ndarray, y: np.ndarray, at_end: np.ndarray) -> tuple[float, float]:
-    """Least-squares y ~ a + b * basis[j] for every row j; returns (SSE, value at the budget end) of the best row."""
-    centered = basis - basis.mean(axis=1, keepdims=True)
-    yc = y - y.mean()
-    var = (centered**2).sum(axis=1)
-    b = np.divide(centered @ yc, var, out=np.zeros(len(basis)), where=var > 1e-12)
-    a = y.mean() - b * basis.mean(axis=1)
-    sse = ((y - a[:, None] - b[:, None] * basis) ** 2).sum(axis=1)
-    j = int(np.argmin(sse))
-    return float(sse[j]), float(a[j] + b[j] * at_end[j])
+@dataclass(frozen=True)
+class _Shape:
+    """A family of curves y = a + b * basis[j] on the epochs seen (row j: one value of the shape's exponent), with
+    what a least-squares fit needs of it that does not depend on y."""
+
+    basis: np.ndarray
+    mean: np.ndarray
+    centered: np.ndarray
+    var: np.ndarray
+    at_end: np.ndarray  # basis[j] at the end of the budget
+
+    @classmethod
+    def of(cls, basis: np.ndarray, at_end: np.ndarray) -> _Shape:
+        mean = basis.mean(axis=1)
+        centered = basis - mean[:, None]
+        return cls(basis, mean, centered, (centered**2).sum(axis=1), at_end)
+
+    def best_fit(self, y: np.ndarray) -> tuple[float, float]:
+        """Least-squares y ~ a + b * basis[j] for every row j; (SSE, value at the budget's end) of the best row."""
+        yc = y - y.mean()
+        b = np.divide(self.centered @ yc, self.var, out=np.zeros(len(self.basis)), where=self.var > 1e-12)
+        a = y.mean() - b * self.mean
+        sse = ((y - a[:, None] - b[:, None] * self.basis) ** 2).sum(axis=1)
+        j = int(np.argmin(sse))
+        return float(sse[j]), float(a[j] + b[j] * self.at_end[j])
+
+
+@functools.lru_cache(maxsize=1024)
+def _shapes(epochs: int, budget: int) -> tuple[_Shape, _Shape, _Shape]:
+    """The power-law, exponential and logarithmic families on epochs 1..``epochs`` of ``budget``: the same for every
+    curve of that length, and the predictor extrapolates thousands (every bank trial at every cut)."""
+    x = np.arange(1, epochs + 1) / budget
+    return (
+        _Shape.of(x[None, :] ** -_POW_C[:, None], np.ones(len(_POW_C))),
+        _Shape.of(np.exp(-_EXP_C[:, None] * x[None, :]), np.exp(-_EXP_C)),
+        _Shape.of(np.log(x)[None, :], np.zeros(1)),
+    )
 
 
 def curve_extrapolation(val_acc: Sequence[float], budget: int) -> tuple[float, float]:
@@ -44,12 +73,7 @@ def curve_extrapolation(val_acc: Sequence[float], budget: int) -> tuple[float, f
     t = len(y)
     if t < MIN_EPOCHS:
         return float(y[-SMOOTH:].mean()), 0.0
-    x = np.arange(1, t + 1) / budget
-    fits = [
-        _best_linear_fit(x[None, :] ** -_POW_C[:, None], y, np.ones(len(_POW_C))),
-        _best_linear_fit(np.exp(-_EXP_C[:, None] * x[None, :]), y, np.exp(-_EXP_C)),
-        _best_linear_fit(np.log(x)[None, :], y, np.zeros(1)),
-    ]
+    fits = [shape.best_fit(y) for shape in _shapes(t, budget)]
     sse = np.array([f[0] for f in fits])
     ends = np.clip([f[1] for f in fits], 0.0, 1.0)
     weights = 1.0 / (sse / t + 1e-4)
