@@ -67,6 +67,18 @@ def test_curve_extrapolation_follows_a_saturating_curve() -> None:
     assert curve_extrapolation([0.3, 0.4], budget=40) == (pytest.approx(0.35), 0.0)  # too short to fit
 
 
+def test_a_curves_extrapolation_does_not_depend_on_the_curves_extrapolated_before_it() -> None:
+    """The shapes are kept per (epochs, budget) and shared by every curve of that length: extrapolating one curve
+    must leave nothing behind for the next."""
+    rng = np.random.default_rng(0)
+    epochs = np.arange(1, 11)
+    curves = [np.clip(0.9 - 0.6 * np.exp(-epochs / s) + rng.normal(0, 0.01, 10), 0, 1) for s in (2, 8, 30)]
+    first = [curve_extrapolation(c, budget=40) for c in curves]
+    assert [curve_extrapolation(c, budget=40) for c in reversed(curves)] == first[::-1]
+    assert len(set(first)) == 3
+    assert curve_extrapolation(curves[0], budget=20) != first[0]  # another budget, other shapes
+
+
 def test_beats_last_value_on_crossing_curves(banks) -> None:
     train, test = banks
     predictor = FinalAccuracyPredictor(train)

@@ -37,7 +37,10 @@ class _Shape:
     def of(cls, basis: np.ndarray, at_end: np.ndarray) -> _Shape:
         mean = basis.mean(axis=1)
         centered = basis - mean[:, None]
-        return cls(basis, mean, centered, (centered**2).sum(axis=1), at_end)
+        arrays = (basis, mean, centered, (centered**2).sum(axis=1), at_end)
+        for array in arrays:
+            array.flags.writeable = False  # shared by every curve of this length
+        return cls(*arrays)
 
     def best_fit(self, y: np.ndarray) -> tuple[float, float]:
         """Least-squares y ~ a + b * basis[j] for every row j; (SSE, value at the budget's end) of the best row."""
