@@ -15,7 +15,14 @@ from scipy.stats import spearmanr
 from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.stopping.boosting import ErrorModel, OneRow, error_model, fitted_together, target_trees, trees
 from clp_tune.stopping.calibration import COVERAGE, NOMINAL
-from clp_tune.stopping.context import SearchContext, TaskLevels, context_features, level_at, standing
+from clp_tune.stopping.context import (
+    LevelCache,
+    SearchContext,
+    TaskLevels,
+    context_features,
+    level_at,
+    standing,
+)
 from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import is_complete, trajectories_from_frame, trajectory_features
 from clp_tune.stopping.incontext import InContextModel, spread_at, spread_of
@@ -341,21 +348,27 @@ def test_without_a_prior_a_trial_of_one_or_two_epochs_is_not_hopeless() -> None:
 def test_a_bank_trials_search_read_from_the_task_matrix_is_the_search_context_of_the_other_curves() -> None:
     """The in-context model stands each bank trial among every other trial of its task through one matrix of
     levels (:class:`TaskLevels`): what it reads at epoch t must be what a search of the other curves cut at t shows
-    -- the same values in the same order, short and non-finite curves left out -- and so the same features."""
+    -- the same values in the same order, short and non-finite curves left out -- and so the same features. A search
+    of the whole curves read through a level cache (the policy's, whose other trials may be epochs ahead) reads the
+    same too."""
     rng = np.random.default_rng(4)
     curves = [list(np.clip(np.cumsum(rng.uniform(0, 0.08, 12)) + rng.normal(0, 0.02, 12), 0, 1)) for _ in range(8)]
     curves[2] = curves[2][:7]  # a shorter trial: not in the searches past its epoch 7
     curves[5][4] = math.nan  # a non-finite epoch: its levels around it are those of the finite values
     curves[6][:3] = [math.nan] * 3  # no finite value in its first epochs: left out there
-    levels = TaskLevels(curves)
+    levels, cache = TaskLevels(curves), LevelCache()
     incumbent = 3
     for member in (0, 2, 5):
+        finals = {str(incumbent): curves[incumbent][-1]}
         for epoch in range(1, len(curves[member]) + 1):
             others = {str(j): curves[j][:epoch] for j in range(len(curves)) if j != member}
-            search = SearchContext(others, {str(incumbent): curves[incumbent][-1]})
+            search = SearchContext(others, finals)
+            whole = SearchContext({str(j): curves[j] for j in range(len(curves)) if j != member}, finals, cache=cache)
             values, earlier = levels.values_at(epoch, without=member)
             expected_values, expected_earlier = search.values_at(epoch)
             assert np.array_equal(values, expected_values) and np.array_equal(earlier, expected_earlier)
+            for read, expected in zip(whole.values_at(epoch), (expected_values, expected_earlier), strict=True):
+                assert np.array_equal(read, expected)
             assert spread_of(values) == spread_at(epoch, search)
             best = (level_at(curves[incumbent], epoch), curves[incumbent][-1])
             expected = context_features(curves[member][:epoch], search)
