@@ -71,8 +71,10 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.spec)  # before importing the search (torch, Ray: seconds), so bad input is instant
     from clp_tune.remote import check_storage
     from clp_tune.search import run_search
+    from clp_tune.stopping.fit_cache import show_fits
 
     check_storage(args.storage_path)
+    show_fits()
     _start_ray(spec, args)
     paths = run_search(spec, storage_path=args.storage_path, run_name=args.run_name, reports_dir=args.reports_dir)
     print(f"\nrun directory: {paths.run_dir}")
@@ -85,8 +87,10 @@ def _run(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from clp_tune.remote import open_run
     from clp_tune.search import resume_search
+    from clp_tune.stopping.fit_cache import show_fits
 
     experiment, local_dir = open_run(args.run_dir)
+    show_fits()
     _start_ray(load_spec(local_dir / SPEC_FILE), args)
     paths = resume_search(experiment, local_dir, reports_dir=args.reports_dir)
     print(f"\nreport: {paths.report_dir / REPORT_PAGE}")

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from clp_tune.bench.synthetic import synthetic_bank
+from clp_tune.stopping import fit_cache
 from clp_tune.stopping.boosting import trees
 from clp_tune.stopping.context import SearchContext
 from clp_tune.stopping.features import is_complete, trajectories_from_frame
-from clp_tune.stopping.fit_cache import CACHE_ENV, OFF, fit_key
+from clp_tune.stopping.fit_cache import CACHE_ENV, OFF, fit_key, show_fits
 from clp_tune.stopping.predictor import FinalAccuracyPredictor
 from clp_tune.stopping.prior import pooled
 
@@ -48,6 +49,25 @@ def test_a_prior_read_from_the_cache_fits_nothing_and_predicts_what_its_fit_did(
         assert first_predictions() == fitted
     assert fits.call_count == 0
     assert sorted(p.name for p in cache.iterdir()) == kept
+
+
+def test_the_run_command_shows_each_fit_it_waits_for_and_no_read(cache: Path, capsys: pytest.CaptureFixture) -> None:
+    """A machine's first search waits on the driver for the prior's fits, where Ray only says that a call was slow:
+    ``clp-tune run`` shows each fit with its time (:func:`show_fits`); a later search reads them and shows none."""
+    try:
+        show_fits()
+        show_fits()  # once is enough: no line twice
+        first_predictions()
+        shown = capsys.readouterr().err.splitlines()
+        assert len(shown) == 4, shown
+        assert all(line.startswith("trajectory prior: ") and " trees fitted in " in line for line in shown), shown
+        assert all(f"kept in {cache}" in line for line in shown)
+        first_predictions()
+        assert capsys.readouterr().err == ""
+    finally:
+        for handler in list(fit_cache.logger.handlers):
+            fit_cache.logger.removeHandler(handler)
+        fit_cache.logger.setLevel(logging.NOTSET)
 
 
 def test_a_damaged_entry_is_refitted_with_a_warning(cache: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -113,7 +133,6 @@ def test_the_prior_fit_benchmark_gets_the_same_predictions_all_three_ways() -> N
 
 
 def test_the_least_recently_used_entries_go_beyond_the_bound(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clp_tune.stopping import fit_cache
 
     x = np.arange(30.0).reshape(10, 3)
     fits = [lambda i=i: {"value": np.full(2, float(i))} for i in range(4)]

@@ -12,7 +12,9 @@ code. It is written under a temporary name and renamed, so a concurrent search n
 that cannot be read is refitted and a folder that cannot be written is skipped, each with a warning: the cache
 only ever saves time, and deleting it is always safe. It holds at most :data:`MAX_ENTRIES` entries.
 
-The cache is ``~/.cache/clp_tune/fits/``, or ``$CLP_TUNE_FIT_CACHE`` (``off``: no cache).
+The cache is ``~/.cache/clp_tune/fits/``, or ``$CLP_TUNE_FIT_CACHE`` (``off``: no cache). Each fit made and kept is
+logged at INFO with its time: a machine's first search waits for them on the driver, and ``clp-tune run`` shows
+them (:func:`show_fits`) where Ray only says that a call was slow.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -109,7 +112,10 @@ def cached(
             with contextlib.suppress(OSError):  # recently used (a read-only cache is still read)
                 os.utime(path)
             return fitted
+    started = time.perf_counter()
     fitted = fit()
+    logger.info("%s trees fitted in %.1f s, kept in %s: later searches read them", kind, time.perf_counter() - started,
+                folder)  # fmt: skip
     _keep(path, to_arrays(fitted))
     return fitted
 
@@ -132,3 +138,14 @@ def _keep(path: Path, arrays: Arrays) -> None:
         entries = sorted(path.parent.glob("*.npz"), key=lambda entry: entry.stat().st_mtime, reverse=True)
         for stale in entries[MAX_ENTRIES:]:
             stale.unlink(missing_ok=True)
+
+
+def show_fits() -> None:
+    """Print this module's messages to stderr as ``trajectory prior: ...`` lines, its fits included (INFO)."""
+    if any(getattr(h, "name", None) == __name__ for h in logger.handlers):
+        return
+    handler = logging.StreamHandler()  # stderr
+    handler.name = __name__
+    handler.setFormatter(logging.Formatter("trajectory prior: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
