@@ -114,14 +114,14 @@ def cached(
             return fitted
     started = time.perf_counter()
     fitted = fit()
-    logger.info("%s trees fitted in %.1f s, kept in %s: later searches read them", kind, time.perf_counter() - started,
-                folder)  # fmt: skip
-    _keep(path, to_arrays(fitted))
+    seconds = time.perf_counter() - started
+    if _keep(path, to_arrays(fitted)):
+        logger.info("%s trees fitted in %.1f s, kept in %s: later searches read them", kind, seconds, folder)
     return fitted
 
 
-def _keep(path: Path, arrays: Arrays) -> None:
-    """Write ``arrays`` to ``path`` whole (a temporary file, renamed), or warn and go on."""
+def _keep(path: Path, arrays: Arrays) -> bool:
+    """Write ``arrays`` to ``path`` whole (a temporary file, renamed); or warn, go on and return False."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -133,11 +133,12 @@ def _keep(path: Path, arrays: Arrays) -> None:
             Path(temporary).unlink(missing_ok=True)  # gone once renamed; a leftover of a failed write otherwise
     except OSError as error:
         logger.warning("fit cache: not kept, %s (%s=%s turns the cache off)", error, CACHE_ENV, OFF)
-        return
+        return False
     with contextlib.suppress(OSError):  # another search may be removing the same entries
         entries = sorted(path.parent.glob("*.npz"), key=lambda entry: entry.stat().st_mtime, reverse=True)
         for stale in entries[MAX_ENTRIES:]:
             stale.unlink(missing_ok=True)
+    return True
 
 
 def show_fits() -> None:
