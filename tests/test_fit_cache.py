@@ -43,8 +43,8 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_prior_read_from_the_cache_fits_nothing_and_predicts_what_its_fit_did(cache: Path) -> None:
     fitted = first_predictions()
     kept = sorted(p.name for p in cache.iterdir())
-    assert {name.split("-")[0] for name in kept} == {"target", "error"}, kept
-    assert len(kept) == 4  # gain trees and their errors, in-context trees and their errors
+    assert {name.rsplit("-", 1)[0] for name in kept} == {"target", "error", "out-of-fold"}, kept
+    assert len(kept) == 5  # gain trees and their errors; in-context trees, their out-of-fold predictions and errors
     with mock.patch("clp_tune.stopping.boosting.trees", wraps=trees) as fits:
         assert first_predictions() == fitted
     assert fits.call_count == 0
@@ -59,7 +59,7 @@ def test_the_run_command_shows_each_fit_it_waits_for_and_no_read(cache: Path, ca
         show_fits()  # once is enough: no line twice
         first_predictions()
         shown = capsys.readouterr().err.splitlines()
-        assert len(shown) == 4, shown
+        assert len(shown) == 5, shown
         assert all(line.startswith("trajectory prior: ") and " trees fitted in " in line for line in shown), shown
         assert all(f"kept in {cache}" in line for line in shown)
         first_predictions()
@@ -79,10 +79,10 @@ def test_a_damaged_entry_is_refitted_with_a_warning(cache: Path, caplog: pytest.
         np.savez(foreign, weights=np.zeros(3))
     with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.fit_cache"):
         assert first_predictions() == fitted
-    assert sum("unreadable" in r.getMessage() for r in caplog.records) == 4, caplog.text
+    assert sum("unreadable" in r.getMessage() for r in caplog.records) == 5, caplog.text
     for entry in cache.iterdir():  # refitted and kept again
         with np.load(entry, allow_pickle=False) as arrays:
-            assert "value" in arrays.files
+            assert {"value", "predicted"} & set(arrays.files), arrays.files
 
 
 def test_a_cache_that_cannot_be_written_only_warns(

@@ -13,7 +13,15 @@ import pytest
 from scipy.stats import spearmanr
 
 from clp_tune.bench.synthetic import synthetic_bank
-from clp_tune.stopping.boosting import ErrorModel, OneRow, error_model, fitted_together, target_trees, trees
+from clp_tune.stopping.boosting import (
+    ErrorModel,
+    OneRow,
+    error_model,
+    fitted_together,
+    out_of_fold,
+    target_trees,
+    trees,
+)
 from clp_tune.stopping.calibration import COVERAGE, NOMINAL
 from clp_tune.stopping.context import (
     LevelCache,
@@ -25,7 +33,7 @@ from clp_tune.stopping.context import (
 )
 from clp_tune.stopping.curves import curve_extrapolation
 from clp_tune.stopping.features import is_complete, trajectories_from_frame, trajectory_features
-from clp_tune.stopping.incontext import InContextModel, spread_at, spread_of
+from clp_tune.stopping.incontext import SHRINK_WEIGHTS, InContextModel, shrink_weight, shrunk, spread_at, spread_of
 from clp_tune.stopping.predictor import FinalAccuracyPredictor, Prediction, last_value_prediction
 from clp_tune.stopping.prior import USER_FOLDS, USER_TASK_PREFIX, fold_labels, pooled, task_of
 
@@ -323,6 +331,42 @@ def test_a_models_target_and_error_fitted_together_are_those_fitted_apart() -> N
 
     with pytest.raises(ValueError, match="no folds"):
         fitted_together(lambda: target, no_folds)
+
+
+def test_the_shrink_weight_is_the_one_that_ranks_the_finals_best() -> None:
+    """Gains whose out-of-fold trees know the truth keep their weight (1); trees that know nothing, where the last
+    value ranks the finals, give way to it (0); trees and a last value each half wrong, by opposite errors, are
+    right half and half (0.5). Ranks are read within each group (a task at one cut)."""
+    rng = np.random.default_rng(4)
+    groups = np.repeat(np.arange(6), 40)
+    level, spread = rng.normal(size=240), rng.uniform(0.5, 2.0, 240)
+    signal, noise = rng.normal(size=240), rng.normal(size=240)
+    centre = np.full(240, 0.3)
+    y = signal + centre
+
+    def weight(trees: np.ndarray, anchor: np.ndarray) -> float:
+        return shrink_weight(trees, y, anchor, centre, level, spread, groups)
+
+    assert weight(y, noise) == 1.0
+    assert weight(noise, signal) == 0.0  # the anchor plus the centre is y itself
+    assert weight(y + noise, signal - noise) == 0.5
+    assert set(SHRINK_WEIGHTS) >= {0.0, 1.0}
+    np.testing.assert_allclose(shrunk(np.array([2.0]), np.array([1.0]), 0.5, 0.25), [0.25 * 2.0 + 0.75 * 1.5])
+
+
+def test_the_error_model_measures_the_predictions_it_is_given() -> None:
+    """Without predictions the error model measures trees of the target out of fold, as it always did; given the
+    out-of-fold predictions of a model built on those trees, it measures that model's errors instead."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, 3))
+    y, folds = x[:, 0] + 0.3 * rng.normal(size=600), np.repeat([0, 1, 2], 200)
+    own = out_of_fold(x, y, folds, seed=1, cache=False)
+    _assert_same_arrays(error_model(x, y, folds, 1, cache=False).arrays(),
+                        error_model(x, y, folds, 1, cache=False, predicted=own).arrays())  # fmt: skip
+    worse = error_model(x, y, folds, 1, cache=False, predicted=np.zeros_like(y))
+    assert np.mean([worse.std(row) for row in x]) > 2 * np.mean(
+        [error_model(x, y, folds, 1, cache=False).std(row) for row in x]
+    )
 
 
 def test_without_a_prior_a_trial_of_one_or_two_epochs_is_not_hopeless() -> None:

@@ -161,7 +161,7 @@ def side_by_side(fit: Callable[[int], T], items: Iterable[int]) -> list[T]:
         return list(pool.map(fit, items))
 
 
-def fitted_together(target: Callable[[], OneRow], error: Callable[[], ErrorModel]) -> tuple[OneRow, ErrorModel]:
+def fitted_together(target: Callable[[], OneRow], error: Callable[[], T]) -> tuple[OneRow, T]:
     """``(target(), error())``, the error model fitted in a thread while the target's trees are fitted here: they
     share no data, and the target's one fit uses a core the error model's folds leave idle as they end."""
     with ThreadPoolExecutor(1) as pool:
@@ -179,28 +179,45 @@ def target_trees(x: np.ndarray, y: np.ndarray, seed: int, weight: np.ndarray | N
     return fit_cache.cached("target", fit, OneRow.arrays, OneRow.from_arrays, x, y, weight, seed, use=cache)
 
 
-def error_model(
+def out_of_fold(
     x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int, weight: np.ndarray | None = None, *, cache: bool
-) -> ErrorModel:
-    """The :class:`ErrorModel` of trees of ``y`` on ``x``, from their out-of-fold residuals by ``folds``; from the
-    fit cache where ``cache`` allows and these rows were fitted before.
+) -> np.ndarray:
+    """Each row's prediction by trees of ``y`` fitted on the other ``folds`` (what a prior predicts of a task it has
+    not seen, with one fold per task), the folds fitted side by side; from the fit cache where ``cache`` allows."""
 
-    Each fold's residuals come from trees fitted on the other folds; its widening factor compares them with error
-    trees fitted on the other folds too, so that both are what a task the prior has not seen meets.
+    def fit() -> np.ndarray:
+        splits = [(folds == fold, folds != fold) for fold in np.unique(folds)]
+
+        def one_fold(k: int) -> np.ndarray:
+            (test, train), sample = splits[k], None if weight is None else weight[splits[k][1]]
+            return trees(60, 3, 0.1, seed + k).fit(x[train], y[train], sample_weight=sample).predict(x[test])
+
+        predicted = np.zeros_like(y)
+        for (test, _), values in zip(splits, side_by_side(one_fold, range(len(splits))), strict=True):
+            predicted[test] = values
+        return predicted
+
+    return fit_cache.cached("out-of-fold", fit, lambda a: {"predicted": a}, lambda a: a["predicted"], x, y, folds,
+                            weight, seed, use=cache)  # fmt: skip
+
+
+def error_model(
+    x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int, weight: np.ndarray | None = None, *, cache: bool,
+    predicted: np.ndarray | None = None,
+) -> ErrorModel:  # fmt: skip
+    """The :class:`ErrorModel` of a model of ``y`` on ``x`` from its out-of-fold errors by ``folds``; from the fit
+    cache where ``cache`` allows and these rows were fitted before.
+
+    The model is trees of ``y`` unless ``predicted`` gives its out-of-fold predictions (a model built on such trees,
+    :class:`~clp_tune.stopping.incontext.InContextModel`'s). Each fold's widening factor compares its errors with
+    error trees fitted on the other folds, so that both are what a task the prior has not seen meets.
     """
 
     def fit() -> ErrorModel:
         splits = [(folds == fold, folds != fold) for fold in np.unique(folds)]
         samples = [None if weight is None else weight[train] for _, train in splits]
-
-        def out_of_fold(k: int) -> np.ndarray:
-            (test, train), sample = splits[k], samples[k]
-            return trees(60, 3, 0.1, seed + k).fit(x[train], y[train], sample_weight=sample).predict(x[test])
-
-        residual = np.zeros_like(y)
-        for (test, _), predicted in zip(splits, side_by_side(out_of_fold, range(len(splits))), strict=True):
-            residual[test] = y[test] - predicted
-        size = np.abs(residual)
+        guesses = out_of_fold(x, y, folds, seed, weight, cache=False) if predicted is None else predicted
+        size = np.abs(y - guesses)
 
         def widening(k: int) -> float:
             (test, train), sample = splits[k], samples[k]
@@ -211,8 +228,9 @@ def error_model(
         tails = side_by_side(widening, range(len(splits)))
         return ErrorModel(OneRow.of(trees(50, 2, 0.1, seed + 7).fit(x, size, sample_weight=weight)), max(1.0, *tails))
 
+    given = () if predicted is None else (predicted,)  # the keys of fits of trees' own errors stay as they were
     return fit_cache.cached("error", fit, ErrorModel.arrays, ErrorModel.from_arrays, x, y, folds, weight, seed,
-                            COVERAGE, use=cache)  # fmt: skip
+                            COVERAGE, *given, use=cache)  # fmt: skip
 
 
 @dataclass
