@@ -7,6 +7,7 @@ the CLI prints it and exits with code 2.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from clp_tune.spec_checks import (
     check_high_loss_batches,
     check_param,
     check_repeats,
+    check_scheduler_options,
 )
 from clp_tune.vocabulary import (
     CHECKPOINTS_KEPT,
@@ -167,6 +169,17 @@ class Spec(_Strict):
         ``num_samples`` trials), else ``num_samples``."""
         return 1 if self.repeat_seeds() is not None else self.num_samples
 
+    def grid_sizes(self) -> dict[str, int]:
+        """The knobs searched over a grid and the number of values of each: Tune runs every combination of the grids
+        (their product) ``num_samples`` times."""
+        return {name: len(entry["grid"]) for name, entry in self.searched().items() if "grid" in entry}
+
+    def trial_count(self) -> int:
+        """How many trials the search runs: ``num_samples`` times the product of the grid sizes (Tune repeats every
+        grid point ``num_samples`` times), or the ``num_samples`` repeats over seeds (:meth:`repeat_seeds`)."""
+        seeds = self.repeat_seeds()
+        return len(seeds) if seeds is not None else self.num_samples * math.prod(self.grid_sizes().values())
+
     def search_summary(self) -> str:
         """What the search varies, in words (``clp-tune validate`` prints it)."""
         if self.searched():
@@ -223,13 +236,70 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
         check_detector_inputs(spec)
         check_augment(spec)
         check_bank_library(spec)
+        check_scheduler_options(spec)
     except SpecError as error:
         raise SpecError(f"{source}: {error}") from None
     return spec
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping of the spec repeats a key; ``str(error)`` names it (dotted path and line)."""
+
+
+def _key_path(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key: plain PyYAML keeps the last value silently, so a
+    second ``lr: 0.001`` under ``params`` would quietly drop ``lr`` from the search.
+
+    The composed document is walked once before it is constructed, so the error names the key's dotted path
+    (``params.lr``) and both lines. Each node is visited once however many aliases share it (an alias bomb stays
+    linear; :mod:`clp_tune.spec_guard` refuses one before this runs). A key that only overrides what a merge key
+    (``<<: *anchor``) brought in is YAML's intended override, not a repeat.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._refuse_duplicate_keys(node)
+        return super().construct_document(node)
+
+    def _refuse_duplicate_keys(self, root: yaml.Node) -> None:
+        """Raise :class:`_DuplicateKey` for the first repeated key in the file (by line), if any."""
+        stack: list[tuple[yaml.Node, str]] = [(root, "")]
+        visited: set[int] = set()
+        repeats: list[tuple[int, str]] = []  # (line, message)
+        while stack:
+            node, path = stack.pop()
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                stack.extend((child, f"{path}[{index}]") for index, child in enumerate(node.value))
+            elif isinstance(node, yaml.MappingNode):
+                first_lines: dict[Any, int] = {}
+                for key_node, value_node in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        stack.append((value_node, path))
+                        continue
+                    if not isinstance(key_node, yaml.ScalarNode):  # a complex key: no spec has one; pydantic refuses
+                        stack.append((value_node, _key_path(path, "?")))
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    if key in first_lines:
+                        repeats.append((line, f"{_key_path(path, key)}: duplicate key {key!r} at line {line} (first "
+                                              f"at line {first_lines[key]}); expected each key once (YAML would keep "
+                                              f"the last value silently)"))  # fmt: skip
+                    else:
+                        first_lines[key] = line
+                    stack.append((value_node, _key_path(path, key)))
+        if repeats:
+            raise _DuplicateKey(min(repeats)[1])
+
+
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a search-space YAML file."""
+    """Read and validate a search-space YAML file (a key repeated in a mapping is refused, not silently dropped)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -238,7 +308,9 @@ def load_spec(path: str | Path) -> Spec:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
         raise SpecError(f"{path}: cannot read the file ({error})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except _DuplicateKey as error:
+        raise SpecError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     return parse_spec(data, str(path))

@@ -118,6 +118,47 @@ def check_compatibility(spec: Spec) -> None:
         raise SpecError(f"params.{gridded[0]}.grid: a grid needs searcher 'random' (Optuna samples, it cannot grid)")
 
 
+def _scheduler_value(spec: Spec, name: str) -> tuple[Any, str]:
+    """A trajectory option's value (the spec's, else the scheduler's default) and how to show it in a message."""
+    given = getattr(spec.scheduler, name)
+    if given is not None:
+        return given, f"{given!r}"
+    default = TRAJECTORY_OPTIONS[name].default
+    return default, f"{default!r}, the default; scheduler.{name} not given"
+
+
+def check_scheduler_options(spec: Spec) -> None:
+    """Scheduler options that are each valid but not together; each combination would otherwise validate and then
+    fail once Ray has started, as the scheduler is built (or, for the median rule, never stop a trial).
+
+    * ``hopeless <= delta`` (:class:`~clp_tune.stopping.policy.TrajectoryPolicy` refuses the rest: a trial too weak
+      to pause would be stopped for good). Each side takes the scheduler's default when only the other is given,
+      and it is checked whatever ``type`` is, as the options' own ranges are.
+    * ``grace_period <= epochs`` for ``asha`` (Ray's ASHA asserts it) and ``median`` (a trial would never be
+      judged: the rule would stop nothing).
+    """
+    options = spec.scheduler
+    if options.hopeless is not None or options.delta is not None:
+        hopeless, hopeless_shown = _scheduler_value(spec, "hopeless")
+        delta, delta_shown = _scheduler_value(spec, "delta")
+        if hopeless > delta:
+            if options.hopeless is not None:
+                raise SpecError(
+                    f"scheduler.hopeless: must be <= scheduler.delta ({delta_shown}): a trial is stopped for good "
+                    f"below hopeless and paused below delta; got {hopeless!r}"
+                )
+            raise SpecError(
+                f"scheduler.delta: must be >= scheduler.hopeless ({hopeless_shown}): a trial is stopped for good "
+                f"below hopeless and paused below delta; got {delta!r}"
+            )
+    if options.type in ("asha", "median") and options.grace_period is not None and options.grace_period > spec.epochs:
+        why = "Ray's ASHA refuses a grace period past max_t" if options.type == "asha" else "no trial would be judged"
+        raise SpecError(
+            f"scheduler.grace_period: must be <= epochs ({spec.epochs}) for {options.type} ({why}); "
+            f"got {options.grace_period}"
+        )
+
+
 def check_bank_library(spec: Spec) -> None:
     """The library a finished search adds its bank to must be a directory (a missing one is made then); a file found
     only at the end would cost the run its bank."""

@@ -8,6 +8,7 @@ read it and stay fast.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -151,8 +152,12 @@ TRAJECTORY_OPTIONS: dict[str, Option] = {
     ),  # fmt: skip
     "noise_grace": Option(False, bool, "lengthen the grace under dropout and label noise"),
     "noise_factor": Option(
-        0.5, float, "grace x (1 + noise_factor x (dropout + label_noise))", lambda v: v >= 0, "a number >= 0"
-    ),
+        0.5,
+        float,
+        "grace x (1 + noise_factor x (dropout + label_noise))",
+        lambda v: 0 <= v < math.inf,  # .inf passed, then failed the first judgement: grace x inf (x 0 = nan)
+        "a finite number >= 0",
+    ),  # fmt: skip
     "freeze_thaw": Option(True, bool, "pause (freeze) a trial unlikely to win instead of stopping it; thaw it later"),
     "hopeless": Option(
         0.01,

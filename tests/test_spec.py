@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, tiny_spec, write_spec
 
 from clp_tune.cli import main
@@ -21,6 +22,19 @@ def test_shipped_specs_are_valid(path: Path) -> None:
     spec = load_spec(path)
     space = param_space(spec)
     assert space["epochs"] == spec.epochs and space["dataset"] == spec.dataset
+
+
+def test_the_readmes_example_spec_is_valid(tmp_path: Path) -> None:
+    """The README's "Search-space files" example is the one a newcomer copies: it must validate as it stands (its
+    bank library pointed here, so that nothing is made in the user's home)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Search-space files") :]
+    example = section[section.index("```yaml\n") + len("```yaml\n") : section.index("\n```", section.index("```yaml"))]
+    data = yaml.safe_load(example)
+    assert data["bank_library"] == "~/my_banks", "the example changed: check what this test keeps out of home"
+    data["bank_library"] = str(tmp_path / "banks")
+    spec = parse_spec(data)
+    assert spec.name == "quickstart" and spec.searched()
 
 
 def test_defaults_fill_every_knob() -> None:
@@ -86,6 +100,31 @@ BAD_SPECS = {
         tiny_spec(scheduler={"type": "trajectory", "bank": "/nonexistent/bank.parquet"}),
         "scheduler.bank: no such file",
     ),
+    # Each valid alone, not together: validated, then TrajectoryPolicy / Ray's ASHA refused them once Ray had started.
+    "trajectory hopeless above the default delta": (
+        tiny_spec(scheduler={"type": "trajectory", "hopeless": 0.2}),
+        "scheduler.hopeless: must be <= scheduler.delta (0.05, the default; scheduler.delta not given)",
+    ),
+    "trajectory delta below the default hopeless": (
+        tiny_spec(scheduler={"type": "trajectory", "delta": 0.005}),
+        "scheduler.delta: must be >= scheduler.hopeless (0.01, the default; scheduler.hopeless not given)",
+    ),
+    "trajectory hopeless above the given delta": (
+        tiny_spec(scheduler={"type": "trajectory", "delta": 0.03, "hopeless": 0.04}),
+        "scheduler.hopeless: must be <= scheduler.delta (0.03)",
+    ),
+    "trajectory noise_factor infinite": (
+        tiny_spec(scheduler={"type": "trajectory", "noise_grace": True, "noise_factor": float("inf")}),
+        "scheduler.noise_factor: Value error, expected a finite number >= 0, got inf",
+    ),
+    "asha grace period past the budget": (
+        tiny_spec(scheduler={"type": "asha", "grace_period": 4}),
+        "scheduler.grace_period: must be <= epochs (3) for asha",
+    ),
+    "median grace period past the budget": (
+        tiny_spec(scheduler={"type": "median", "grace_period": 4}),
+        "scheduler.grace_period: must be <= epochs (3) for median",
+    ),
 }
 
 
@@ -121,6 +160,60 @@ def test_run_rejects_bad_file_before_ray_starts(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "ray-not-started" in result.stdout
     assert "resources.gpu" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        {"type": "trajectory", "hopeless": 0.05},  # = the default delta
+        {"type": "trajectory", "delta": 0.01},  # = the default hopeless
+        {"type": "trajectory", "delta": 0.2, "hopeless": 0.2},
+        {"type": "trajectory", "delta": 0.3, "hopeless": 0.2},  # above the default delta, below the given one
+        {"type": "trajectory", "noise_grace": True, "noise_factor": 1e6},
+        {"type": "asha", "grace_period": 3},  # = epochs
+        {"type": "median", "grace_period": 3},
+    ],
+    ids=str,
+)
+def test_scheduler_options_at_their_limits_validate_and_build(scheduler: dict, tmp_path: Path) -> None:
+    """The cross-key checks refuse only what the scheduler refuses: what they let through builds."""
+    from clp_tune.search import make_scheduler
+
+    spec = parse_spec(tiny_spec(scheduler=scheduler, bank_library="off"))
+    built = make_scheduler(spec, tmp_path)
+    if scheduler["type"] == "trajectory":
+        assert (built.delta, built.hopeless) == (spec.scheduler.delta or 0.05, spec.scheduler.hopeless or 0.01)
+
+
+def test_run_refuses_contradicting_scheduler_options_and_duplicate_keys_before_ray_starts(tmp_path: Path) -> None:
+    """`run` shares `validate`'s checks: before, these started Ray and then failed building the scheduler (hopeless,
+    grace_period) or ran a search the file did not describe (a repeated key)."""
+    duplicate = tmp_path / "duplicate.yaml"
+    duplicate.write_text(yaml.safe_dump(tiny_spec(), sort_keys=False) + "name: again\n")
+    cases = [  # (spec file, the line's start)
+        (write_spec(tmp_path / "hopeless.yaml", tiny_spec(scheduler={"type": "trajectory", "hopeless": 0.2})),
+         "scheduler.hopeless: must be <= scheduler.delta"),
+        (write_spec(tmp_path / "delta.yaml", tiny_spec(scheduler={"type": "trajectory", "delta": 0.005})),
+         "scheduler.delta: must be >= scheduler.hopeless"),
+        (write_spec(tmp_path / "asha.yaml", tiny_spec(scheduler={"type": "asha", "grace_period": 9})),
+         "scheduler.grace_period: must be <= epochs (3)"),
+        (duplicate, "name: duplicate key 'name'"),
+    ]  # fmt: skip
+    code = (
+        "import sys, ray; from clp_tune.cli import main\n"
+        "for path in sys.argv[2:]:\n"
+        "    rc = main(['run', path, '--storage-path', sys.argv[1]])\n"
+        "    print(rc, 'ray-started' if ray.is_initialized() else 'ray-not-started', flush=True)\n"
+        "    print('--', file=sys.stderr, flush=True)\n"
+    )
+    command = [sys.executable, "-c", code, str(tmp_path / "runs"), *(str(path) for path, _ in cases)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    outcomes, errors = result.stdout.splitlines(), result.stderr.split("--\n")
+    assert len(outcomes) == len(cases), result.stdout + result.stderr
+    for (path, words), outcome, err in zip(cases, outcomes, errors, strict=False):
+        assert outcome == "2 ray-not-started", (path.name, outcome, err)
+        assert err.count("\n") == 1 and err.startswith(f"error: {path}: {words}"), (path.name, err)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_trajectory_options_reach_the_scheduler(tmp_path: Path) -> None:
@@ -358,3 +451,113 @@ def test_validate_and_help_import_neither_torch_nor_ray(argv: list[str]) -> None
     )
     result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
     assert "heavy: []" in result.stdout, result.stdout + result.stderr
+
+
+# --- duplicate keys ----------------------------------------------------------------------------------------------
+
+DUPLICATE_TEXT = """\
+name: dup
+dataset: digits
+model: mlp
+epochs: 3
+num_samples: 2
+searcher: random
+params:
+  lr: {loguniform: [0.001, 0.1]}
+  batch_size: 64
+  lr: 0.001
+"""
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (DUPLICATE_TEXT, "params.lr: duplicate key 'lr' at line 10 (first at line 8)"),
+        (
+            "name: a\n" + DUPLICATE_TEXT.replace("  lr: 0.001\n", ""),
+            "name: duplicate key 'name' at line 2 (first at line 1)",
+        ),
+        (
+            DUPLICATE_TEXT.replace("  lr: 0.001\n", "  mixup_off: {grid: [0, 1], grid: [2]}\n").replace(
+                "searcher: random", "searcher: random\nscheduler: {type: asha, grace_period: 1, type: fifo}"
+            ),
+            "scheduler.type: duplicate key 'type' at line 7 (first at line 7)",
+        ),
+        (
+            DUPLICATE_TEXT.replace("  lr: 0.001\n", "  mixup_off: {choice: [0, 1], choice: [2]}\n"),
+            "params.mixup_off.choice: duplicate key 'choice' at line 10 (first at line 10)",
+        ),
+        (
+            DUPLICATE_TEXT.replace("  lr: 0.001\n", "  seed: {grid: [{a: 1, a: 2}]}\n"),
+            "params.seed.grid[0].a: duplicate key 'a' at line 10 (first at line 10)",
+        ),
+    ],
+    ids=["params", "top level", "the first of two by line", "inline distribution", "inside a list"],
+)
+def test_duplicate_keys_are_refused_with_their_path_and_lines(text: str, expected: str, tmp_path: Path, capsys) -> None:
+    """PyYAML keeps the last of a repeated key silently: a second `lr: 0.001` dropped lr from the search."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as raised:
+        load_spec(path)
+    assert str(raised.value).startswith(f"{path}: {expected}")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}: {expected}"), err
+
+
+def test_keys_repeated_only_through_a_merge_or_an_alias_are_not_duplicates(tmp_path: Path) -> None:
+    """A key overriding what a merge key (`<<: *anchor`) brought in is YAML's intended override, and a mapping shared
+    by aliases is one mapping, checked once."""
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        DUPLICATE_TEXT.replace("  lr: 0.001\n", "").replace(
+            "params:\n", "params:\n  <<: &fixed {lr: 0.01, dropout: 0.1}\n"
+        )
+        + "resources: &res {cpu: 1}\n"
+    )
+    spec = load_spec(path)
+    assert spec.params["lr"] == {"loguniform": [0.001, 0.1]} and spec.params["dropout"] == 0.1
+
+
+# --- how many trials `validate` announces ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, trials",
+    [
+        ({"num_samples": 3}, 3),  # nothing gridded: num_samples
+        ({"num_samples": 2, "params": {"lr": {"grid": [0.01, 0.1]}, "seed": {"grid": [0, 1, 2]}}}, 12),
+        ({"num_samples": 4, "params": {"lr": 0.01, "batch_size": 64}}, 4),  # repeats over seeds
+        ({"num_samples": 1, "params": {"lr": {"grid": [0.01]}, "dropout": {"choice": [0.0, 0.1]}}}, 1),
+    ],
+    ids=["sampled", "two grids", "seed repeats", "grid of one"],
+)
+def test_trial_count_is_what_tune_generates(overrides: dict, trials: int) -> None:
+    """num_samples times the product of the grid sizes: what Tune's variant generator expands the space to."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    spec = parse_spec(tiny_spec(**overrides))
+    assert spec.trial_count() == trials
+    variants = sum(1 for _ in generate_variants({"config": param_space(spec)}))
+    assert variants * spec.tune_num_samples() == trials
+
+
+@pytest.mark.parametrize(
+    "name, line",
+    [
+        ("clp_window.yaml", "valid — 24 trials (num_samples 1 × grid 8 × 3) of cnn1d on mnist1d for 20 epochs;"),
+        ("gradual_dae.yaml", "valid — 9 trials (num_samples 1 × grid 3 × 3) of mlp on digits for 15 epochs;"),
+    ],
+)
+def test_validate_counts_every_grid_point(name: str, line: str, capsys) -> None:
+    """Before, `validate` printed num_samples alone: "1 trials" for the 24 of clp_window.yaml's grid."""
+    path = REPO / "search_spaces" / name
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{path}: {line}"
+
+
+def test_validate_says_one_trial_in_the_singular(tmp_path: Path, capsys) -> None:
+    path = write_spec(tmp_path / "one.yaml", tiny_spec(num_samples=1))
+    assert main(["validate", str(path)]) == 0
+    assert f"{path}: valid — 1 trial of mlp" in capsys.readouterr().out

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from unittest import mock
 
 import pandas as pd
 import pytest
-from conftest import tiny_spec
+from conftest import REPO, tiny_spec
 
 from clp_tune.bench.synthetic import synthetic_bank
 from clp_tune.cli import main
@@ -141,3 +143,47 @@ def test_a_search_fits_on_the_newest_banks_up_to_a_bound(tmp_path: Path, capsys)
         assert prior_banks(spec, tmp_path / "new")[0] == str(library / "oldest.parquet")
     capsys.readouterr()
     assert prior_banks(spec, tmp_path / "all") and "left out" not in capsys.readouterr().err  # under the bound
+
+
+@pytest.mark.parametrize("source", ["shipped", "foreign", "empty"])
+def test_adding_a_file_that_is_not_a_library_bank_is_one_error_line(
+    source: str, tmp_path: Path, caplog, capsys
+) -> None:
+    """Before, `bank add` of a shipped suite bank (a bank, but without the library's config/dataset, config/model and
+    complete columns) printed the library's "skipping" warning and then the error: one mistake, two lines."""
+    files = {
+        "shipped": REPO / "clp_tune" / "stopping" / "banks" / "bank_mnist1d.parquet",
+        "foreign": tmp_path / "foreign.parquet",
+        "empty": tmp_path / "empty.parquet",
+    }
+    pd.DataFrame({"x": [1, 2]}).to_parquet(files["foreign"])
+    library_bank = bank_rows(synthetic_bank(2, 4, seed=0, statistics=False), "digits", "mlp", budget=4)
+    library_bank.iloc[:0].to_parquet(files["empty"])  # the library's columns, no rows
+    path, library = files[source], tmp_path / "library"
+    with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.user_banks"):
+        assert main(["bank", "add", str(path), "--library", str(library)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}: "), err
+    assert caplog.text == ""  # no "bank library: skipping" for a file that was never in the library
+    assert list_banks(library) == []
+    # The real stderr (no pytest logging handler): Python's last-resort handler printed the warning there.
+    command = [sys.executable, "-m", "clp_tune.cli", "bank", "add", str(path), "--library", str(library)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {path}: ")
+
+
+def test_a_non_library_file_found_in_the_library_is_still_skipped_with_a_warning(tmp_path: Path, caplog) -> None:
+    """The warning belongs to listing and loading the library, a cache whose damaged entries must never be fatal."""
+    library = tmp_path / "library"
+    library.mkdir()
+    shutil.copyfile(REPO / "clp_tune" / "stopping" / "banks" / "bank_mnist1d.parquet", library / "shipped.parquet")
+    (library / "junk.parquet").write_bytes(b"\x00 not parquet at all")
+    bank_rows(synthetic_bank(2, 4, seed=0, statistics=False), "digits", "mlp", budget=4).to_parquet(
+        library / "good.parquet"
+    )
+    with caplog.at_level(logging.WARNING, logger="clp_tune.stopping.user_banks"):
+        assert [bank.name for bank in list_banks(library)] == ["good"]
+        assert main(["bank", "list", "--library", str(library)]) == 0
+    assert "bank library: skipping" in caplog.text
+    assert "shipped.parquet" in caplog.text and "junk.parquet" in caplog.text

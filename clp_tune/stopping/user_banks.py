@@ -84,29 +84,40 @@ class UserBank:
 _SUMMARY_COLUMNS = ["trial_id", "complete", "config/dataset", "config/model"]
 
 
-def _read(path: Path) -> UserBank | None:
-    """The bank at ``path``, or None (with a warning) when it is not a readable bank with a dataset and model.
+def _summary(path: Path) -> UserBank:
+    """The bank at ``path``, read from its summary columns only (a search lists the whole library at its start, and
+    a library grows by a file per finished search). A run with no complete trial is a valid entry that no search
+    fits on yet.
 
-    Only the summary columns are read: a search lists the whole library at its start, and a library grows by a
-    file per finished search. A run with no complete trial is a valid entry that no search fits on yet."""
-    import pyarrow
+    Raises:
+        pyarrow.ArrowException, OSError, ValueError: it is not a readable bank with a dataset and model; the caller
+            decides what that means (a damaged library entry is skipped, a file given to ``bank add`` refused).
+    """
     import pyarrow.parquet as pq
 
-    try:
-        names = pq.read_schema(path).names
-        missing = [c for c in _SUMMARY_COLUMNS if c not in names]
-        if missing:
-            raise ValueError(f"not a library bank: no {', '.join(missing)} column")
-        frame = pq.read_table(path, columns=_SUMMARY_COLUMNS).to_pandas()
-        if frame.empty:
-            raise ValueError("no rows")
-        modified = path.stat().st_mtime
-    except (pyarrow.ArrowException, OSError, ValueError) as error:  # a cache entry: any damage means skip it
-        logger.warning("bank library: skipping %s (%s)", path, one_line(error))
-        return None
+    names = pq.read_schema(path).names
+    missing = [c for c in _SUMMARY_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"not a library bank: no {', '.join(missing)} column")
+    frame = pq.read_table(path, columns=_SUMMARY_COLUMNS).to_pandas()
+    if frame.empty:
+        raise ValueError("no rows")
+    modified = path.stat().st_mtime
     trials = frame.groupby("trial_id")["complete"].last().astype(bool)
     return UserBank(path.stem, path, str(frame["config/dataset"].iloc[0]), str(frame["config/model"].iloc[0]),
                     len(trials), int(trials.sum()), modified)  # fmt: skip
+
+
+def _read(path: Path) -> UserBank | None:
+    """The library entry at ``path``, or None with a warning when it is not a readable bank (:func:`_summary`): a
+    library is a cache, and a damaged entry must never stop a search."""
+    import pyarrow
+
+    try:
+        return _summary(path)
+    except (pyarrow.ArrowException, OSError, ValueError) as error:  # a cache entry: any damage means skip it
+        logger.warning("bank library: skipping %s (%s)", path, one_line(error))
+        return None
 
 
 def list_banks(directory: Path | None) -> list[UserBank]:
@@ -171,10 +182,16 @@ def add_file(directory: Path, source: Path) -> UserBank:
     is not a library bank (see :func:`bank_rows`), FileExistsError when the library has a bank of that name.
 
     Copied to a temporary file first and renamed: a copy cut short never shows as a bank."""
+    import pyarrow
+
     load_bank(source)  # ValueError naming the column when its values are not a bank's
-    bank = _read(source)
-    if bank is None:
-        raise ValueError(f"{source}: not a bank with config/dataset, config/model and complete columns")
+    try:  # not _read: that warns and skips, for entries already in the library; a file given here is refused, once
+        bank = _summary(source)
+    except (pyarrow.ArrowException, OSError, ValueError) as error:
+        raise ValueError(
+            f"{source}: {one_line(error)}; expected a bank with the config/dataset, config/model and complete "
+            f"columns a finished search writes to the library"
+        ) from None
     from clp_tune.store import atomic_replace
 
     directory.mkdir(parents=True, exist_ok=True)
