@@ -8,12 +8,13 @@ before Ray starts.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clp_tune.bench.commands import add_bank_parser, add_bench_parser, at_least_one
-from clp_tune.inputs import blocking_file
+from clp_tune.inputs import blocking_file, is_uri
 from clp_tune.spec import Spec, SpecError, load_spec
 from clp_tune.spec_guard import load_spec_file
 from clp_tune.vocabulary import REPORT_PAGE, SPEC_FILE, TRAJECTORIES_FILE
@@ -25,13 +26,51 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
-def reports_dir(text: str) -> str:
-    """An argparse type for ``--reports-dir``: a directory, or a path whose nearest existing parent is one (it is made
-    when the report is written). A file there would fail only once the search is over."""
+def local_directory(text: str) -> str:
+    """An argparse type for ``--reports-dir`` and a local ``--storage-path``: a directory, or a path whose nearest
+    existing parent is one (it is made when written to). A file there would fail only once Ray has started (the run
+    directory) or the search is over (the report)."""
     blocking = blocking_file(text)
     if blocking is not None:
         raise argparse.ArgumentTypeError(f"expected a directory (or a path to make one), but {blocking} is a file")
     return text
+
+
+def storage_path(text: str) -> str:
+    """An argparse type for ``run --storage-path``: a local path as :func:`local_directory` checks it; a URI is
+    checked once the spec is (:func:`clp_tune.remote.check_storage`: it may ask the network)."""
+    return text if is_uri(text) else local_directory(text)
+
+
+def ray_address_problem(text: str) -> str | None:
+    """Why ``text`` is not an address ``ray.init`` can join for a search (None when it is): the GCS's HOST:PORT or
+    ``auto``. The Jobs API's http:// address, which ``submit`` takes, is the easy mistake: ray.init refuses it only
+    with a traceback. Ray Client's ray:// is refused too: Tune would run the driver on the head, away from the run
+    directory the CLI writes and reads, and ``resume`` needs the driver here."""
+    host, colon, port = text.rpartition(":")
+    if text == "auto" or (colon and host.strip() and "/" not in host and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    problem = f"expected a Ray cluster's address, HOST:PORT of its head (e.g. 10.0.0.5:6379) or auto, got {text!r}"
+    if text.startswith(("http://", "https://")):
+        problem += "; an http:// address is the dashboard's Jobs API, which clp-tune submit --address takes"
+    return problem
+
+
+def ray_address(text: str) -> str:
+    """An argparse type for ``run``'s and ``resume``'s ``--address`` (:func:`ray_address_problem`)."""
+    problem = ray_address_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _check_ray_address_env(args: argparse.Namespace) -> None:
+    """``RAY_ADDRESS``, which ray.init joins when ``--address`` is not given, checked as ``--address`` is: the
+    README's ``ray job submit`` line sets it to the dashboard's http:// address."""
+    address = os.environ.get("RAY_ADDRESS")
+    problem = ray_address_problem(address) if address and args.address is None else None
+    if problem is not None:
+        raise SpecError(f"$RAY_ADDRESS: {problem} (or pass --address)")
 
 
 def directory_name(text: str) -> str:
@@ -69,11 +108,14 @@ def _print_library_bank(paths: RunPaths) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.spec)  # before importing the search (torch, Ray: seconds), so bad input is instant
+    _check_ray_address_env(args)
     from clp_tune.remote import check_storage
-    from clp_tune.search import run_search
+    from clp_tune.search import check_new_run, run_search
     from clp_tune.stopping.fit_cache import show_fits
 
     check_storage(args.storage_path)
+    if args.run_name is not None:  # the default name carries the time: a new directory
+        check_new_run(args.storage_path, args.run_name)
     show_fits()
     _start_ray(spec, args)
     paths = run_search(spec, storage_path=args.storage_path, run_name=args.run_name, reports_dir=args.reports_dir)
@@ -89,6 +131,7 @@ def _resume(args: argparse.Namespace) -> int:
     from clp_tune.search import resume_search
     from clp_tune.stopping.fit_cache import show_fits
 
+    _check_ray_address_env(args)
     experiment, local_dir = open_run(args.run_dir)
     show_fits()
     _start_ray(load_spec(local_dir / SPEC_FILE), args)
@@ -100,7 +143,11 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.spec)
-    print(f"{args.spec}: valid — {spec.num_samples} trials of {spec.model} on {spec.dataset} for {spec.epochs} epochs;")
+    count, grids = spec.trial_count(), " × ".join(str(size) for size in spec.grid_sizes().values())
+    trials = f"{count} trial" if count == 1 else f"{count} trials"
+    if grids:  # Tune runs every grid point num_samples times
+        trials += f" (num_samples {spec.num_samples} × grid {grids})"
+    print(f"{args.spec}: valid — {trials} of {spec.model} on {spec.dataset} for {spec.epochs} epochs;")
     searcher = spec.searcher if spec.searched() else "none (nothing to sample)"
     print(f"  searcher {searcher}, scheduler {spec.scheduler.type}; searched: {spec.search_summary()}")
     return 0
@@ -132,10 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_ray_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+        command.add_argument(
+            "--address",
+            type=ray_address,
+            help="Ray cluster to join, HOST:PORT of its head or auto (default: RAY_ADDRESS, else an embedded Ray)",
+        )
         command.add_argument("--num-cpus", type=at_least_one, help="CPUs of the embedded Ray (default: all cores)")
         command.add_argument(
-            "--reports-dir", type=reports_dir, default="reports", help="where reports/<name>/ go (default: reports)"
+            "--reports-dir", type=local_directory, default="reports", help="where reports/<name>/ go (default: reports)"
         )
 
     def command(name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -151,8 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         "trial finished, 2 for bad input.",
     )  # fmt: skip
     run.add_argument("spec", help="search-space YAML file")
-    run.add_argument("--storage-path", default="runs", help="runs directory or shared URI (s3://...); default runs")
-    run.add_argument("--run-name", type=directory_name, help="run directory name (default: <name>-<timestamp>)")
+    run.add_argument(
+        "--storage-path",
+        type=storage_path,
+        default="runs",
+        help="runs directory or shared URI (s3://...); default runs",
+    )
+    run.add_argument("--run-name", type=directory_name, help="a new run directory's name (default: <name>-<timestamp>)")
     add_ray_options(run)
 
     resume = command(
@@ -170,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = command("report", _report, "(re)write the Parquet tables and HTML report of a run")
     report.add_argument("run_dir", help="the run directory or its URI (s3://.../<name>)")
     report.add_argument(
-        "--reports-dir", type=reports_dir, default="reports", help="where reports/<name>/ go (default: reports)"
+        "--reports-dir", type=local_directory, default="reports", help="where reports/<name>/ go (default: reports)"
     )
 
     submit = command(
@@ -181,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("spec", help="search-space YAML file (relative to the working directory)")
     submit.add_argument("--address", required=True, help="Jobs API address, e.g. http://127.0.0.1:8265")
     submit.add_argument("--storage-path", help="shared storage URI for the run (default: CLP_TUNE_STORAGE)")
-    submit.add_argument("--reports-dir", type=reports_dir, default="reports", help="where the fetched report goes")
+    submit.add_argument("--reports-dir", type=local_directory, default="reports", help="where the fetched report goes")
 
     add_bench_parser(commands)
     add_bank_parser(commands)

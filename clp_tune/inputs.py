@@ -10,6 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def is_uri(path: str | Path) -> bool:
+    """A storage location that is not a local path (``s3://...``, ``gs://...``). Here, not in :mod:`clp_tune.remote`,
+    so that the command line can tell the two apart without importing Ray."""
+    return "://" in str(path)
+
+
 def one_line(error: object) -> str:
     """``error``'s message with its line breaks and runs of spaces folded into single spaces."""
     return " ".join(str(error).split())

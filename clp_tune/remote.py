@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from clp_tune.inputs import one_line
+from clp_tune.inputs import is_uri, one_line
 from clp_tune.spec import SpecError
 from clp_tune.vocabulary import SPEC_FILE
 
@@ -33,26 +34,37 @@ MANIFEST = ".clp_tune_files.json"
 EXPERIMENT_STATE = "experiment_state-*.json"
 
 
-def is_uri(path: str | Path) -> bool:
-    """A storage location that is not a local path (``s3://...``, ``gs://...``)."""
-    return "://" in str(path)
+@contextlib.contextmanager
+def _storage_errors(message: str) -> Iterator[None]:
+    """pyarrow's errors as one :class:`~clp_tune.spec.SpecError` line (exit 2) starting with ``message``, not a
+    traceback: a URI it cannot parse (an unknown scheme: ArrowInvalid, not an OSError) or a bucket it cannot read
+    (S3's errors are OSErrors)."""
+    import pyarrow
+
+    try:
+        yield
+    except (OSError, pyarrow.ArrowException) as error:
+        raise SpecError(f"{message} ({one_line(error)})") from None
+
+
+def _parse_uri(uri: str | Path, name: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The filesystem and path of ``uri``; SpecError naming ``name`` (the flag or argument that gave it) when it
+    names no bucket, which pyarrow reports without the URI, or as a path that cannot start with '/'."""
+    scheme, _, rest = str(uri).partition("://")
+    if not rest.split("/")[0]:
+        raise SpecError(f"{name}: expected {scheme}://BUCKET/PATH, got {str(uri)!r}")
+    return _filesystem(str(uri))
 
 
 def check_storage(path: str | Path, flag: str = "--storage-path") -> None:
     """A URI a search will write to must name a bucket and be reachable from here; otherwise SpecError naming
-    ``flag`` (exit 2), before Ray starts. A local path is made by the search."""
+    ``flag`` (exit 2), before Ray starts. A local path is checked when the command line is read (``run``'s
+    ``--storage-path`` type) and made by the search."""
     if not is_uri(path):
         return
-    import pyarrow
-
-    scheme, _, rest = str(path).partition("://")
-    if not rest.split("/")[0]:
-        raise SpecError(f"{flag}: expected {scheme}://BUCKET/PATH, got {str(path)!r}")
-    try:
-        fs, base = _filesystem(str(path))
+    with _storage_errors(f"{flag}: cannot reach {path}"):
+        fs, base = _parse_uri(path, flag)
         fs.get_file_info(base)
-    except (OSError, pyarrow.ArrowException) as error:  # pyarrow's S3 errors: one line, not a traceback
-        raise SpecError(f"{flag}: cannot reach {path} ({one_line(error)})") from None
 
 
 def local_copy(uri: str) -> Path:
@@ -163,8 +175,8 @@ def fetch_run_files(uri: str, local_dir: Path) -> list[str]:
     """
     import pyarrow.fs
 
-    try:
-        fs, base = _filesystem(uri)
+    with _storage_errors(f"{uri}: cannot read the run"):
+        fs, base = _parse_uri(uri, uri)
         names = _read_manifest(fs, base)
         if names is None or fs.get_file_info(f"{base}/{SPEC_FILE}").type != pyarrow.fs.FileType.File:
             raise SpecError(f"{uri}: not a clp-tune run (no {SPEC_FILE} and no {MANIFEST} there)")
@@ -176,9 +188,25 @@ def fetch_run_files(uri: str, local_dir: Path) -> list[str]:
             with fs.open_input_stream(f"{base}/{name}") as source:
                 (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
                 (local_dir / name).write_bytes(source.readall())
-    except OSError as error:  # pyarrow's S3 errors are OSErrors: one line, not a traceback
-        raise SpecError(f"{uri}: cannot read the run ({one_line(error)})") from None
     return names
+
+
+def _listing(path: str | Path) -> list[str]:
+    """The names in the directory at ``path``, a local path or a URI; none when there is no such directory."""
+    if is_uri(path):
+        import pyarrow.fs
+
+        with _storage_errors(f"{path}: cannot list"):
+            fs, base = _parse_uri(path, str(path))
+            return [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))]
+    return [entry.name for entry in Path(path).iterdir()] if Path(path).is_dir() else []
+
+
+def holds_run(path: str | Path) -> bool:
+    """Whether the directory at ``path`` (local or a URI) holds a run: our spec, the first file a search writes,
+    or Ray Tune's experiment state (which :func:`open_run` needs besides the spec to report on or resume it)."""
+    names = _listing(path)
+    return SPEC_FILE in names or bool(fnmatch.filter(names, EXPERIMENT_STATE))
 
 
 def open_run(path: str | Path) -> tuple[str, Path]:
@@ -186,16 +214,14 @@ def open_run(path: str | Path) -> tuple[str, Path]:
 
     A URI's own files are fetched into :func:`local_copy` first. Raises :class:`~clp_tune.spec.SpecError` (exit 2,
     nothing started) naming ``path`` when it is not a clp-tune run: no such directory, no ``spec.yaml``, or no Ray
-    Tune experiment state next to it.
+    Tune experiment state next to it; for a URI, also when it names no bucket or pyarrow cannot read it.
     """
-    import pyarrow.fs
-
     if is_uri(path):
+        with _storage_errors(f"RUN_DIR: cannot read {path}"):
+            _parse_uri(path, "RUN_DIR")  # before a local copy is named after it
         experiment = str(path).rstrip("/")
         local_dir = local_copy(experiment)
         fetch_run_files(experiment, local_dir)
-        fs, base = _filesystem(experiment)
-        names = [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(base))]
     else:
         local_dir = Path(path).resolve()
         experiment = str(local_dir)
@@ -203,7 +229,6 @@ def open_run(path: str | Path) -> tuple[str, Path]:
             raise SpecError(f"{path}: no such run directory")
         if not (local_dir / SPEC_FILE).is_file():
             raise SpecError(f"{path}: not a clp-tune run directory (no {SPEC_FILE})")
-        names = [entry.name for entry in local_dir.iterdir()]
-    if not fnmatch.filter(names, EXPERIMENT_STATE):
+    if not fnmatch.filter(_listing(experiment), EXPERIMENT_STATE):
         raise SpecError(f"{path}: not a Ray Tune run (no {EXPERIMENT_STATE} next to {SPEC_FILE}): nothing to read")
     return experiment, local_dir

@@ -10,13 +10,13 @@ import datetime
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
-from clp_tune.inputs import one_line
-from clp_tune.remote import RunFileSync, is_uri, local_copy, push_report
+from clp_tune.inputs import blocking_file, is_uri, one_line
+from clp_tune.remote import RunFileSync, holds_run, local_copy, push_report
 from clp_tune.spec import Spec, SpecError, load_spec, param_space
 from clp_tune.stopping.factory import build_scheduler
 from clp_tune.trial.trainable import train_trial
@@ -225,6 +225,54 @@ def trainable_for(spec: Spec):
     return tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
+def _run_location(storage_path: str | Path, run_name: str) -> tuple[str, Path]:
+    """Ray's storage path (a URI, or the local path made absolute) and the driver's run directory: the run's own
+    directory there, or for a URI its local copy (:func:`~clp_tune.remote.local_copy`)."""
+    storage = str(storage_path) if is_uri(storage_path) else str(Path(storage_path).resolve())
+    local_dir = local_copy(f"{storage}/{run_name}") if is_uri(storage) else Path(storage) / run_name
+    return storage, local_dir
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the user most likely typed it: relative to the working directory when it is under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def check_new_run(storage_path: str | Path, run_name: str) -> None:
+    """Refuse (:class:`SpecError`, exit 2, before Ray starts) a ``--run-name`` whose run directory already holds a
+    run (:func:`~clp_tune.remote.holds_run`).
+
+    A search would otherwise write into it beside the earlier one: both experiments' states and trial directories
+    in one directory, tables of the second alone, and a trajectory scheduler taking the first one's state and kept
+    banks for its own, as if resumed. For a URI, both the run's directory there (one listing) and the driver's
+    local copy are checked: a local copy left by an earlier run or report of that name would be mixed in the same
+    way. A file where the driver's run directory goes (``runs/NAME``, or the ``runs`` of a URI run's local copy) is
+    refused too: the search would fail making it, after Ray started. ``storage_path`` must have passed
+    :func:`~clp_tune.remote.check_storage` and, when local, the CLI's check of a file in its way.
+    """
+    storage, local_dir = _run_location(storage_path, run_name)
+    blocking = blocking_file(local_dir)
+    if blocking is not None:
+        raise SpecError(f"--run-name {run_name}: expected a directory (or a path to make one) at {_shown(local_dir)}, "
+                        f"but {_shown(blocking)} is a file")  # fmt: skip
+    if is_uri(storage):
+        uri = f"{storage.rstrip('/')}/{run_name}"
+        if holds_run(uri):
+            raise SpecError(f"--run-name {run_name}: {uri} already holds a run; continue it with clp-tune resume "
+                            f"{uri}, or choose another --run-name")  # fmt: skip
+        if holds_run(local_dir):
+            raise SpecError(f"--run-name {run_name}: {_shown(local_dir)}, where this driver keeps its copy of a run "
+                            f"named {run_name}, already holds one's files (an earlier run or report of that name); "
+                            f"move it away, or choose another --run-name")  # fmt: skip
+    elif holds_run(local_dir):
+        where = Path(storage_path) / run_name  # as the user gave it
+        raise SpecError(f"--run-name {run_name}: {where} already holds a run; continue it with clp-tune resume "
+                        f"{where}, or choose another --run-name")  # fmt: skip
+
+
 def run_search(
     spec: Spec, storage_path: str | Path = "runs", run_name: str | None = None, reports_dir: str | Path = "reports"
 ) -> RunPaths:
@@ -233,13 +281,13 @@ def run_search(
     ``storage_path`` may be a local directory or a URI (``s3://...``) that every node of a cluster can reach;
     with a URI, the driver keeps a local copy of the run's own files under ``runs/`` and mirrors them to the URI
     while the search runs (:class:`~clp_tune.remote.RunFileSync`), so ``clp-tune resume`` can continue it from there.
+    A ``run_name`` whose directory holds a run already is the caller's to refuse first (:func:`check_new_run`).
     """
     from ray import tune
 
     _no_checkpoint_sync_warnings()
     run_name = run_name or f"{spec.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    storage = str(storage_path) if is_uri(storage_path) else str(Path(storage_path).resolve())
-    local_dir = local_copy(f"{storage}/{run_name}") if is_uri(storage) else Path(storage) / run_name
+    storage, local_dir = _run_location(storage_path, run_name)
     local_dir.mkdir(parents=True, exist_ok=True)
     (local_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
     tuner = tune.Tuner(
@@ -257,7 +305,7 @@ def run_search(
         ),
     )  # fmt: skip
     tuner.fit()
-    return finish(f"{storage}/{run_name}", local_dir, reports_dir)
+    return _finish_search(f"{storage}/{run_name}", local_dir, reports_dir)
 
 
 def resume_search(experiment: str, local_dir: Path, reports_dir: str | Path = "reports") -> RunPaths:
@@ -280,33 +328,43 @@ def resume_search(experiment: str, local_dir: Path, reports_dir: str | Path = "r
     restored._tune_config.scheduler = make_scheduler(spec, local_dir)
     restored._run_config.callbacks = [RunFileSync(local_dir, experiment)] if is_uri(experiment) else None
     tuner.fit()
-    return finish(experiment, local_dir, reports_dir)
+    return _finish_search(experiment, local_dir, reports_dir)
 
 
 def finish(experiment: str, local_dir: Path, reports_dir: str | Path = "reports") -> RunPaths:
-    """Write the Parquet tables and the report into ``local_dir`` and ``reports/<name>/``, and add the run's
-    trajectories to the user's bank library (:mod:`clp_tune.stopping.user_banks`).
+    """Write the Parquet tables and the report into ``local_dir`` and ``reports/<name>/``; all ``clp-tune report``
+    does. The bank library is left alone: a bank the user removed must not come back because a report was
+    rewritten (searches add theirs, :func:`_finish_search`).
 
     When the experiment lives at a URI, the run's own files are uploaded next to Ray's there, so a client
     (``clp-tune submit``) can fetch the report from shared storage.
     """
-    import pandas as pd
-
     from clp_tune.report.page import write_report
     from clp_tune.stopping.persistence import compact
-    from clp_tune.stopping.user_banks import add_run, library_dir
     from clp_tune.store import write_store
 
     spec = load_spec(local_dir / SPEC_FILE)
     compact(local_dir)  # the scheduler's journal into its snapshot and decisions.parquet
     write_store(experiment, local_dir)
-    trajectories = pd.read_parquet(local_dir / TRAJECTORIES_FILE)
-    library_bank = add_run(
-        library_dir(spec.bank_library), local_dir.name, trajectories, spec.dataset, spec.model, spec.epochs
-    )
     report_dir = Path(reports_dir) / spec.name
     write_report(local_dir, report_dir)
     shutil.copytree(report_dir, local_dir / REPORT_DIR, dirs_exist_ok=True)
     if is_uri(experiment):
         push_report(local_dir, experiment)
-    return RunPaths(run_dir=local_dir, report_dir=report_dir, library_bank=library_bank)
+    return RunPaths(run_dir=local_dir, report_dir=report_dir)
+
+
+def _finish_search(experiment: str, local_dir: Path, reports_dir: str | Path) -> RunPaths:
+    """:func:`finish` a search that just ran (``run``, ``resume``), then add its trajectories to the user's bank
+    library (:mod:`clp_tune.stopping.user_banks`; a resumed run's bank replaces its earlier one)."""
+    import pandas as pd
+
+    from clp_tune.stopping.user_banks import add_run, library_dir
+
+    paths = finish(experiment, local_dir, reports_dir)
+    spec = load_spec(local_dir / SPEC_FILE)
+    trajectories = pd.read_parquet(local_dir / TRAJECTORIES_FILE)
+    library_bank = add_run(
+        library_dir(spec.bank_library), local_dir.name, trajectories, spec.dataset, spec.model, spec.epochs
+    )
+    return replace(paths, library_bank=library_bank)

@@ -3,7 +3,8 @@ before anything starts (no Ray, no run directory).
 
 Specs go through ``clp-tune run`` itself, in this process: a spec the checks let through would start Ray and make
 a run directory, which the test sees. Banks go through ``clp-tune bench schedulers --bank`` and through a spec's
-``scheduler.bank``; run directories through ``clp-tune report`` and ``clp-tune resume``.
+``scheduler.bank``; run directories through ``clp-tune report`` and ``clp-tune resume``; where a search goes
+(``--storage-path``, ``--run-name``, ``--address``) through ``clp-tune run``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import tiny_spec
+from s3_server import moto_s3
 
-from clp_tune.cli import main
+from clp_tune.cli import main, ray_address
 
 SECONDS = 1.0  # per refusal, measured inside the test on a busy 2-core machine
 
@@ -219,7 +221,8 @@ def _not_runs(tmp_path: Path) -> dict[str, Path]:
     empty.mkdir()
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    return {"absent": tmp_path / "absent", "empty": empty, "a-file": a_file, "spec-only": spec_only}
+    return {"absent": tmp_path / "absent", "empty": empty, "a-file": a_file, "under-a-file": a_file / "run",
+            "spec-only": spec_only}  # fmt: skip
 
 
 @pytest.mark.parametrize("command", ["report", "resume"])
@@ -233,3 +236,162 @@ def test_report_and_resume_refuse_what_is_not_a_run(
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(path) in err, (name, err)
     assert not ray.is_initialized() and not (tmp_path / "reports").exists()
+
+
+#: (a URI pyarrow cannot even parse, its refusal's start): refused before any network is asked.
+UNPARSABLE_URIS = [
+    ("s3://", "error: RUN_DIR: expected s3://BUCKET/PATH, got 's3://'"),  # no bucket
+    ("s3:///x", "error: RUN_DIR: expected s3://BUCKET/PATH, got 's3:///x'"),
+    ("foo://x/y", "error: RUN_DIR: cannot read foo://x/y (Unrecognized filesystem type"),  # an unknown scheme
+]
+
+
+@pytest.mark.parametrize("command", ["report", "resume"])
+def test_report_and_resume_refuse_a_uri_that_names_no_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Before, these were tracebacks (exit 1) from pyarrow's ArrowInvalid, which is not an OSError."""
+    import ray
+
+    monkeypatch.chdir(tmp_path)  # where a URI run's local copy (runs/<name>) would go
+    for uri, start in UNPARSABLE_URIS:
+        assert main([command, uri, "--reports-dir", "reports"]) == 2, uri
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(start), (uri, lines)
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+
+
+def _refused_by_argparse(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The last stderr line of a command line argparse refuses (exit 2), after its usage line."""
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2, argv
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_run_refuses_a_storage_path_that_is_or_is_under_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the search started Ray and failed making its run directory (NotADirectoryError, exit 1)."""
+    import ray
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_spec_text())
+    for storage in (spec, spec / "runs", spec / "runs" / "deeper"):
+        line = _refused_by_argparse(["run", str(spec), "--storage-path", str(storage), "--reports-dir",
+                                     str(tmp_path / "reports")], capsys)  # fmt: skip
+        assert line == (f"clp-tune run: error: argument --storage-path: expected a directory (or a path to make "
+                        f"one), but {spec} is a file"), line  # fmt: skip
+    assert not ray.is_initialized() and not (tmp_path / "reports").exists()
+
+
+#: (--address, words its refusal must hold besides the address)
+BAD_ADDRESSES = [
+    ("http://127.0.0.1:8265", "clp-tune submit --address"),  # the Jobs API's: submit's, as in the README
+    ("https://ray.example.org:8265", "clp-tune submit --address"),
+    ("ray://127.0.0.1:10001", "HOST:PORT"),
+    ("127.0.0.1", "HOST:PORT"),
+    ("127.0.0.1:port", "HOST:PORT"),
+    (":6379", "HOST:PORT"),
+    ("local", "HOST:PORT"),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_run_and_resume_refuse_an_address_ray_cannot_join(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Before, ``run --address http://...`` (the dashboard's address, which ``submit`` takes) started the search and
+    ended in a ValueError traceback from ray.init (exit 1). RAY_ADDRESS, read when ``--address`` is not given, is
+    checked the same way."""
+    import ray
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_spec_text())
+    target = [str(spec), "--storage-path", str(tmp_path / "runs")] if command == "run" else [str(tmp_path / "r")]
+    reports = ["--reports-dir", str(tmp_path / "reports")]
+    for address, words in BAD_ADDRESSES:
+        line = _refused_by_argparse([command, *target, "--address", address, *reports], capsys)
+        assert line.startswith(f"clp-tune {command}: error: argument --address: expected a Ray cluster's address"), line
+        assert repr(address) in line and words in line, line
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert main([command, *target, *reports]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: $RAY_ADDRESS: expected"), lines
+    assert "'http://127.0.0.1:8265'" in lines[0] and "clp-tune submit --address" in lines[0], lines
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+    for good in ("10.0.0.5:6379", "head.example.org:6379", "[::1]:6379", "auto"):  # what ray.init joins
+        assert ray_address(good) == good
+
+
+def _run_refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one error line of a ``clp-tune run`` refused with exit 2 before Ray started."""
+    import ray
+
+    assert main(argv) == 2, argv
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not ray.is_initialized()
+    return lines[0]
+
+
+def test_run_refuses_a_run_name_that_holds_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a second search with the same --run-name wrote into the first one's directory: both experiments'
+    states and trial directories in one place, tables of the second alone, and a trajectory scheduler taking the
+    first one's state and kept banks for its own. A run is what a search writes first (spec.yaml) or what resume
+    reads (Ray's experiment state); a directory holding neither is not one."""
+    from clp_tune.search import check_new_run
+
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_spec_text())
+    for name, marker in (("spec-only", "spec.yaml"), ("state-only", "experiment_state-2026-01-01_00-00-00.json")):
+        run_dir = tmp_path / "runs" / name
+        run_dir.mkdir(parents=True)
+        (run_dir / marker).write_text("{}")
+        for storage in ("runs", str(tmp_path / "runs")):
+            line = _run_refusal(["run", str(spec), "--storage-path", storage, "--run-name", name, "--reports-dir",
+                                 "reports"], capsys)  # fmt: skip
+            where = f"{storage}/{name}"
+            assert line == (f"error: --run-name {name}: {where} already holds a run; continue it with clp-tune "
+                            f"resume {where}, or choose another --run-name"), line  # fmt: skip
+        assert [entry.name for entry in run_dir.iterdir()] == [marker]  # nothing written beside it
+    (tmp_path / "runs" / "a-file").write_text("x")  # making the run directory would fail after Ray started
+    line = _run_refusal(["run", str(spec), "--run-name", "a-file", "--reports-dir", "reports"], capsys)
+    assert line == ("error: --run-name a-file: expected a directory (or a path to make one) at runs/a-file, but "
+                    "runs/a-file is a file"), line  # fmt: skip
+    assert not (tmp_path / "reports").exists()
+    (tmp_path / "runs" / "not-a-run").mkdir()
+    (tmp_path / "runs" / "not-a-run" / "notes.txt").write_text("mine")
+    for name in ("not-a-run", "absent"):  # a directory of other files, or none: a new run's
+        check_new_run("runs", name)
+
+
+def test_run_refuses_a_run_name_that_holds_a_run_on_s3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a URI storage path (a local S3 server): the run's directory in the bucket is listed, and the
+    driver's local copy of a run of that name (runs/<name>, from an earlier run or report) is checked too."""
+    import pyarrow.fs
+
+    from clp_tune.search import check_new_run
+
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_spec_text())
+    with moto_s3("clp-tune-bad-input", tmp_path / "moto.log"):
+        storage = "s3://clp-tune-bad-input/runs"
+        fs, base = pyarrow.fs.FileSystem.from_uri(f"{storage}/taken")
+        with fs.open_output_stream(f"{base}/spec.yaml") as out:
+            out.write(_spec_text().encode())
+        line = _run_refusal(["run", str(spec), "--storage-path", storage, "--run-name", "taken"], capsys)
+        assert line == (f"error: --run-name taken: {storage}/taken already holds a run; continue it with clp-tune "
+                        f"resume {storage}/taken, or choose another --run-name"), line  # fmt: skip
+        (tmp_path / "runs" / "copied").mkdir(parents=True)
+        (tmp_path / "runs" / "copied" / "spec.yaml").write_text(_spec_text())
+        line = _run_refusal(["run", str(spec), "--storage-path", storage, "--run-name", "copied"], capsys)
+        assert line.startswith("error: --run-name copied: runs/copied, where this driver keeps its copy"), line
+        check_new_run(storage, "fresh")
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["copied"]

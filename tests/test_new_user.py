@@ -5,7 +5,9 @@ it did, or stops with one line saying why.
 * a search in which no trial finished exits 1 from ``clp-tune run`` and ``clp-tune resume``, tables and report
   still written;
 * on a cluster that cannot hold one trial now, one line says what the search waits for;
-* the training-split sizes spec validation relies on match the real splits.
+* the training-split sizes spec validation relies on match the real splits;
+* ``clp-tune report`` of a finished run leaves the bank library alone, and ``clp-tune run`` refuses that run's
+  ``--run-name``.
 
 The CLI runs in a subprocess with its own embedded Ray (``--num-cpus 2``), told apart from any other Ray on this
 machine by a private ``RAY_TMPDIR`` and cleaned up by its pids; those tests come first, before this module's
@@ -153,3 +155,49 @@ def test_cluster_that_cannot_fit_a_trial_says_what_it_waits_for(ray_local) -> No
     if not ray_local.cluster_resources().get("GPU"):
         gpu_line = cluster_fit_warning(parse_spec(tiny_spec(resources={"cpu": 1, "gpu": 0.5})))
         assert gpu_line is not None and "needs 1 CPU and 0.5 GPU" in gpu_line and "0 GPU each" in gpu_line
+
+
+def test_report_leaves_the_library_alone_and_run_refuses_a_used_run_name(
+    ray_local, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished run, its bank in the library (CLP_TUNE_BANKS) as a search leaves it; the user removes that bank.
+    Before, ``clp-tune report`` of the run quietly put it back (only ``run`` and ``resume`` add a run's bank), and
+    ``clp-tune run`` with the same ``--run-name`` ran a second search into the same directory (exit 0)."""
+    library = tmp_path / "banks"
+    monkeypatch.setenv("CLP_TUNE_BANKS", str(library))
+    spec = tiny_spec(name="again", epochs=2, num_samples=2, statistics=["tse"], params={"lr": 0.005, "batch_size": 64})
+    paths = run_search(parse_spec(spec), storage_path=tmp_path / "runs", run_name="again",
+                       reports_dir=tmp_path / "reports")  # fmt: skip
+    assert paths.library_bank == library / "again.parquet" and paths.library_bank.is_file()  # run grows it
+    run_dir = tmp_path / "runs" / "again"
+    states = sorted(path.name for path in run_dir.glob("experiment_state-*.json"))
+    assert states, f"no experiment state in {run_dir}: not a finished run"
+
+    ray_tmpdir = tempfile.mkdtemp(prefix="clp-nu-", dir="/tmp")  # a Ray started by the CLI would leave its session
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmpdir, CLP_TUNE_BANKS=str(library))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    try:
+        removed = _clp_tune(["bank", "remove", "again"], tmp_path, env)
+        assert removed.returncode == 0 and not (library / "again.parquet").exists(), removed.stderr
+        (run_dir / "trials.parquet").unlink()
+        shutil.rmtree(tmp_path / "reports")
+        report = _clp_tune(["report", "runs/again", "--reports-dir", "reports"], tmp_path, env)
+        assert report.returncode == 0, report.stderr[-3000:]
+        assert (run_dir / "trials.parquet").is_file() and (tmp_path / "reports" / "again" / "index.html").is_file()
+        assert sorted(path.name for path in library.iterdir()) == [], "report added the run's bank back"
+        assert "bank library" not in report.stdout, report.stdout
+
+        write_spec(tmp_path / "spec.yaml", spec)
+        again = _clp_tune(["run", "spec.yaml", "--storage-path", "runs", "--run-name", "again", "--num-cpus", "2",
+                           "--reports-dir", "reports"], tmp_path, env)  # fmt: skip
+        started = sorted(os.listdir(ray_tmpdir))
+    finally:
+        reap_ray(ray_tmpdir, grace_s=10.0)
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    assert again.returncode == 2, f"exited {again.returncode}\n{again.stderr[-3000:]}"
+    assert again.stderr.strip().splitlines() == [
+        "error: --run-name again: runs/again already holds a run; continue it with clp-tune resume runs/again, "
+        "or choose another --run-name"
+    ], again.stderr
+    assert started == [], f"Ray started: {started}"
+    assert sorted(path.name for path in run_dir.glob("experiment_state-*.json")) == states
