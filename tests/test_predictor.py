@@ -361,12 +361,10 @@ def test_the_error_model_measures_the_predictions_it_is_given() -> None:
     x = rng.normal(size=(600, 3))
     y, folds = x[:, 0] + 0.3 * rng.normal(size=600), np.repeat([0, 1, 2], 200)
     own = out_of_fold(x, y, folds, seed=1, cache=False)
-    _assert_same_arrays(error_model(x, y, folds, 1, cache=False).arrays(),
-                        error_model(x, y, folds, 1, cache=False, predicted=own).arrays())  # fmt: skip
+    trees_errors = error_model(x, y, folds, 1, cache=False)
+    _assert_same_arrays(trees_errors.arrays(), error_model(x, y, folds, 1, cache=False, predicted=own).arrays())
     worse = error_model(x, y, folds, 1, cache=False, predicted=np.zeros_like(y))
-    assert np.mean([worse.std(row) for row in x]) > 2 * np.mean(
-        [error_model(x, y, folds, 1, cache=False).std(row) for row in x]
-    )
+    assert np.mean([worse.std(row) for row in x]) > 2 * np.mean([trees_errors.std(row) for row in x])
 
 
 def test_without_a_prior_a_trial_of_one_or_two_epochs_is_not_hopeless() -> None:
