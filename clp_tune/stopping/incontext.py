@@ -153,7 +153,8 @@ class InContextModel:
         self._y = np.asarray(ys, dtype=float)
         self._task = np.asarray(task_of_row, dtype=int)
         self._trial = np.asarray(trial_of_row, dtype=int)
-        self._cut = np.asarray(cut_of_row, dtype=int)
+        cuts = np.asarray(cut_of_row, dtype=int)
+        self._group = self._task * (int(cuts.max(initial=0)) + 1) + cuts  # a task at one cut: a search, ranked
         self._level = np.asarray(levels_of_row, dtype=float)
         self._spread = np.asarray(spreads, dtype=float)
         self._anchor = np.asarray(anchors, dtype=float)
@@ -182,8 +183,7 @@ class InContextModel:
             centre = np.empty_like(self._y)
             for fold in np.unique(folds):
                 centre[folds == fold] = float(np.mean(self._y[folds != fold]))
-            groups = self._task * (int(self._cut.max(initial=0)) + 1) + self._cut
-            weight = shrink_weight(trees, self._y, self._anchor, centre, self._level, self._spread, groups)
+            weight = shrink_weight(trees, self._y, self._anchor, centre, self._level, self._spread, self._group)
             predicted = shrunk(trees, self._anchor, centre, weight)
             return error_model(x, self._y, folds, self.seed, cache=True, predicted=predicted), weight
 
