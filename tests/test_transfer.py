@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 
 from clp_tune.bench.synthetic import synthetic_bank
+from clp_tune.cli import main
 from clp_tune.stopping.calibration import COVERAGE, ConformalCalibration
 from clp_tune.stopping.context import CONTEXT_FEATURES, LevelCache, SearchContext, context_features
 from clp_tune.stopping.policy import TrialState, search_context
 from clp_tune.stopping.prior import pooled, task_of
-from clp_tune.stopping.transfer import PREDICTORS, leave_task_out
+from clp_tune.stopping.transfer import PREDICTORS, leave_task_out, target
 
 
 def test_leave_task_out_never_judges_a_task_its_prior_saw() -> None:
     banks = {"small": synthetic_bank(12, 10, seed=5), "long": synthetic_bank(10, 16, seed=6, statistics=False)}
-    results = {r.task: r for r in leave_task_out(banks, fractions=(0.25, 0.5))}
+    reported = []
+    results = {r.task: r for r in leave_task_out(banks, fractions=(0.25, 0.5), progress=reported.append)}
+    assert [r.task for r in reported] == ["small", "long"]  # each task as soon as it is scored
     assert results["small"].prior_trial_ids == {f"long/s6_{i:03d}" for i in range(10)}
     assert results["long"].prior_trial_ids == {f"small/s5_{i:03d}" for i in range(12)}
     for result in results.values():
@@ -28,6 +32,37 @@ def test_leave_task_out_never_judges_a_task_its_prior_saw() -> None:
         assert table["coverage"].between(0, 1).all() and table["last_value"].notna().all()
     with pytest.raises(ValueError, match="two banks"):
         leave_task_out({"small": banks["small"]})
+
+
+def test_the_ranking_target_is_the_last_value_and_a_margin_below_0_85() -> None:
+    assert target(0.9) == 0.9 and target(0.85) == 0.85
+    assert target(0.8) == pytest.approx(0.9) and target(0.3) == pytest.approx(0.4)
+
+
+def test_bench_transfer_prints_each_task_and_the_verdict(capsys) -> None:
+    from clp_tune.bench.benchmarks import print_transfer
+
+    print_transfer({"small": synthetic_bank(12, 10, seed=5), "long": synthetic_bank(10, 16, seed=6, statistics=False)})
+    out = capsys.readouterr().out
+    verdicts = re.findall(r"at 10%: prior ([\d.]+), last value ([\d.]+), target ([\d.]+): (met|missed)", out)
+    assert out.index("== small") < out.index("== long") and len(verdicts) == 2
+    for prior, last, bar, verdict in verdicts:  # printed to 3 decimals: a tie there may go either way
+        assert float(bar) == pytest.approx(target(float(last)), abs=1e-3)
+        if abs(float(prior) - float(bar)) > 1e-3:
+            assert (verdict == "met") == (float(prior) > float(bar)), (prior, bar, verdict)
+    met = sum(verdict == "met" for *_, verdict in verdicts)
+    assert f"is met on {met};" in out
+    if all(abs(float(prior) - float(last)) > 1e-3 for prior, last, _, _ in verdicts):
+        above = sum(float(prior) > float(last) for prior, last, _, _ in verdicts)
+        assert f"at or above the last value on {above} of 2 tasks" in out
+
+
+def test_bench_transfer_refuses_bad_tasks_with_exit_2(capsys) -> None:
+    one = ["--task", "digits_mlp_sgd_100"]
+    for arguments, named in (([*one, "--task", "nope"], "'nope'"), (one, "at least two"), (one + one, "at least two")):
+        assert main(["bench", "transfer", *arguments]) == 2, arguments
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err, (arguments, err)
 
 
 def test_pooled_ids_carry_their_task() -> None:

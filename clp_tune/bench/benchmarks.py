@@ -10,6 +10,7 @@ import argparse
 import statistics as stats
 import sys
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,6 +20,8 @@ from clp_tune.trial.statistics import TrajectoryStatistics
 from clp_tune.vocabulary import STATISTIC_GROUPS, TRAJECTORY_OPTIONS
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from clp_tune.bench.priors import Bank
     from clp_tune.bench.suite import Setup
 
@@ -192,6 +195,66 @@ def scheduler_cost(args: argparse.Namespace) -> int:
             return 2
     print_cost(measure(args.trials, args.epochs, args.workers, args.seed, args.judged_epochs, args.bank))
     return 0
+
+
+def transfer(args: argparse.Namespace) -> int:
+    """``clp-tune bench transfer``: exit 2 with one line on a bad ``--task``, before anything is fitted."""
+    from clp_tune.stopping.bank_library import SUITE
+
+    tasks = list(dict.fromkeys(args.task or [name for name, task in SUITE.items() if task.path.is_file()]))
+    error = _bad_transfer_tasks(tasks)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from clp_tune.stopping.prior import suite_banks
+
+    print_transfer(suite_banks(tasks))
+    return 0
+
+
+def _bad_transfer_tasks(tasks: list[str]) -> str | None:
+    """What is wrong with ``--task`` for ``bench transfer``, or None."""
+    from clp_tune.stopping.bank_library import SUITE
+
+    unknown = [name for name in tasks if name not in SUITE]
+    if unknown:
+        return f"--task: expected tasks of the suite ({', '.join(SUITE)}), got {', '.join(map(repr, unknown))}"
+    missing = [name for name in tasks if not SUITE[name].path.is_file()]
+    if missing:
+        return f"--task: no bank on disk for {', '.join(missing)} (clp-tune bank record --task NAME)"
+    if len(tasks) < 2:
+        return f"--task: leave-task-out needs at least two tasks, got {', '.join(tasks) or 'none'}"
+    return None
+
+
+def print_transfer(banks: Mapping[str, pd.DataFrame]) -> None:
+    """Leave-task-out on ``banks`` (task name -> bank frame, at least two), printed task by task as each is done."""
+    from clp_tune.stopping.transfer import INTERVAL, TARGET_FRACTION, TaskTransfer, leave_task_out, target
+
+    started, verdicts = time.perf_counter(), []
+    print(f"leave-task-out on {len(banks)} tasks: each judged by a prior fitted on the other {len(banks) - 1}; "
+          f"Spearman correlation of predicted and true finals at the start of a search (none finished), and how "
+          f"often the true final falls in the prior's {INTERVAL:.0%} interval", flush=True)  # fmt: skip
+
+    def report(result: TaskTransfer) -> None:
+        table = result.table.set_index("fraction")
+        print(f"\n== {result.task} ({time.perf_counter() - started:.0f} s) ==")
+        print(f"{'fraction':>8}{'prior':>8}{'no prior':>10}{'prior alone':>13}{'last value':>12}{'coverage':>10}")
+        for fraction, row in table.iterrows():
+            print(f"{fraction:>8.0%}{row['prior']:>8.3f}{row['no_prior']:>10.3f}{row['prior_alone']:>13.3f}"
+                  f"{row['last_value']:>12.3f}{row['coverage']:>10.2f}")  # fmt: skip
+        if TARGET_FRACTION in table.index:
+            prior, last = table.loc[TARGET_FRACTION, "prior"], table.loc[TARGET_FRACTION, "last_value"]
+            verdicts.append((prior >= last, prior >= target(last)))
+            print(f"at {TARGET_FRACTION:.0%}: prior {prior:.3f}, last value {last:.3f}, target {target(last):.3f}: "
+                  f"{'met' if verdicts[-1][1] else 'missed'}", flush=True)  # fmt: skip
+
+    leave_task_out(banks, progress=report)
+    print(
+        f"\nat {TARGET_FRACTION:.0%} of the budget the prior ranks at or above the last value on "
+        f"{sum(above for above, _ in verdicts)} of {len(verdicts)} tasks; the target (the last value's, + 0.1 where "
+        f"it is below 0.85) is met on {sum(met for _, met in verdicts)}; {time.perf_counter() - started:.0f} s"
+    )
 
 
 def prior_fit(args: argparse.Namespace) -> int:

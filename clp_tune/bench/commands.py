@@ -110,6 +110,19 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     cost.add_argument("--bank", help="bank Parquet for the prior (default: every shipped bank, as a search)")
     cost.set_defaults(handler=_lazy(benchmarks, "scheduler_cost"))
 
+    transfer = kinds.add_parser(
+        "transfer", help="the predictor's ranking of the finals on tasks its prior never saw (leave-task-out)",
+        description="For each task of the suite, fit the prior on the other tasks' banks and cut every complete "
+        "trajectory of the task at 10, 25 and 50 % of its budget, the task's other trials up to that epoch being "
+        "its search (none finished: a new search's start). Prints the Spearman correlation of predicted and true "
+        "finals for the prior, no prior and the prior judging each trial alone, next to the last value's, the "
+        "prior's 90 % interval's coverage, and whether the ranking target is met at 10 %: at least the last "
+        "value's, and 0.1 above it where that is below 0.85. Minutes per task.",
+    )  # fmt: skip
+    transfer.add_argument("--task", action="append", help="a task of the suite; repeat for several, at least two "
+                          "(default: every task whose bank is on disk)")  # fmt: skip
+    transfer.set_defaults(handler=_lazy(benchmarks, "transfer"))
+
     fit = kinds.add_parser(
         "prior-fit", help="the default prior's first fits: with the fit cache off, into an empty one, from it",
         description="Build the prior a search builds (every shipped bank) and make its first fits -- the gain "

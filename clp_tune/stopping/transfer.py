@@ -10,7 +10,7 @@ search's context, and the last value, and by how often the true final falls in t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,16 @@ INTERVAL = 0.9
 #: The predictors compared: the other-tasks prior with the search's context, without a prior, the same prior
 #: judging each trial alone.
 PREDICTORS = ("prior", "no_prior", "prior_alone")
+#: Issue 14's ranking target, read at this fraction of the budget: the prior's Spearman correlation at least the
+#: last value's, and :data:`MARGIN` above it where the last value's is below :data:`MARGIN_BELOW`.
+TARGET_FRACTION = 0.1
+MARGIN = 0.1
+MARGIN_BELOW = 0.85
+
+
+def target(last_value: float) -> float:
+    """The Spearman correlation a predictor must reach where the last value reaches ``last_value``."""
+    return last_value + MARGIN if last_value < MARGIN_BELOW else last_value
 
 
 @dataclass(frozen=True)
@@ -76,13 +86,15 @@ def _score(
 
 
 def leave_task_out(
-    banks: Mapping[str, pd.DataFrame], fractions: Sequence[float] = TRANSFER_FRACTIONS, **predictor_args: Any
-) -> list[TaskTransfer]:
+    banks: Mapping[str, pd.DataFrame], fractions: Sequence[float] = TRANSFER_FRACTIONS,
+    progress: Callable[[TaskTransfer], None] | None = None, **predictor_args: Any,
+) -> list[TaskTransfer]:  # fmt: skip
     """Score each bank's task with a prior fitted on the other banks (pooled, ids prefixed with their task).
 
     Args:
         banks: bank-schema frames by task name (at least two).
         fractions: budget fractions the held-out trajectories are cut at.
+        progress: called with each task's scores as soon as they are known (a task takes minutes).
         predictor_args: passed to every :class:`~clp_tune.stopping.predictor.FinalAccuracyPredictor`.
     """
     if len(banks) < 2:
@@ -93,6 +105,8 @@ def leave_task_out(
         predictors = {"prior": prior, "no_prior": FinalAccuracyPredictor(None, **predictor_args), "prior_alone": prior}
         table = _score(task, frame, predictors, fractions)
         out.append(TaskTransfer(task, frozenset(prior.prior_trial_ids), table))
+        if progress is not None:
+            progress(out[-1])
     return out
 
 
