@@ -117,14 +117,18 @@ class RunFileSync(Callback):
         self.local_dir = Path(local_dir)
         self.uri = uri.rstrip("/")
         self._sent: dict[str, tuple[int, int] | None] | None = None  # None: not yet read from the bucket
+        self._located: tuple[pyarrow.fs.FileSystem, str] | None = None  # built on the first sync, then kept
 
     def __getstate__(self) -> dict[str, Any]:
-        """Ray pickles its callbacks into ``tuner.pkl``; what was sent is read from the manifest by the next driver."""
-        return {**self.__dict__, "_sent": None}
+        """Ray pickles its callbacks into ``tuner.pkl``; what was sent is read from the manifest by the next driver,
+        which builds its own filesystem (credentials and endpoint are the next driver's)."""
+        return {**self.__dict__, "_sent": None, "_located": None}
 
     def sync(self) -> None:
         """Delete in the bucket what the driver no longer has, upload what changed, then write the manifest."""
-        fs, base = _filesystem(self.uri)
+        if self._located is None:  # once, not at every result
+            self._located = _filesystem(self.uri)
+        fs, base = self._located
         if self._sent is None:  # files mirrored by an earlier driver: their stamps are unknown, so upload again
             self._sent = dict.fromkeys(_read_manifest(fs, base) or [])
         present = _local_files(self.local_dir)
@@ -173,32 +177,40 @@ def fetch_run_files(uri: str, local_dir: Path) -> list[str]:
     (bad input, exit 2) naming ``uri`` when it is not a clp-tune run (no ``spec.yaml`` there) or cannot be read (no
     such bucket, no credentials, no endpoint).
     """
+    with _storage_errors(f"{uri}: cannot read the run"):
+        return _fetch(*_parse_uri(uri, uri), uri, local_dir)
+
+
+def _fetch(fs: pyarrow.fs.FileSystem, base: str, uri: str, local_dir: Path) -> list[str]:
+    """:func:`fetch_run_files` from the run at ``base`` on ``fs`` (``uri``, named in its errors)."""
     import pyarrow.fs
 
-    with _storage_errors(f"{uri}: cannot read the run"):
-        fs, base = _parse_uri(uri, uri)
-        names = _read_manifest(fs, base)
-        if names is None or fs.get_file_info(f"{base}/{SPEC_FILE}").type != pyarrow.fs.FileType.File:
-            raise SpecError(f"{uri}: not a clp-tune run (no {SPEC_FILE} and no {MANIFEST} there)")
-        local_dir.mkdir(parents=True, exist_ok=True)
-        for name in _local_files(local_dir):
-            if name not in names:
-                (local_dir / name).unlink()
-        for name in names:
-            with fs.open_input_stream(f"{base}/{name}") as source:
-                (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
-                (local_dir / name).write_bytes(source.readall())
+    names = _read_manifest(fs, base)
+    if names is None or fs.get_file_info(f"{base}/{SPEC_FILE}").type != pyarrow.fs.FileType.File:
+        raise SpecError(f"{uri}: not a clp-tune run (no {SPEC_FILE} and no {MANIFEST} there)")
+    local_dir.mkdir(parents=True, exist_ok=True)
+    for name in _local_files(local_dir):
+        if name not in names:
+            (local_dir / name).unlink()
+    for name in names:
+        with fs.open_input_stream(f"{base}/{name}") as source:
+            (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (local_dir / name).write_bytes(source.readall())
     return names
+
+
+def _names_in(fs: pyarrow.fs.FileSystem, base: str) -> list[str]:
+    """The names in the directory ``base`` of ``fs``; none when there is no such directory."""
+    import pyarrow.fs
+
+    return [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))]
 
 
 def _listing(path: str | Path) -> list[str]:
     """The names in the directory at ``path``, a local path or a URI; none when there is no such directory."""
     if is_uri(path):
-        import pyarrow.fs
-
         with _storage_errors(f"{path}: cannot list"):
-            fs, base = _parse_uri(path, str(path))
-            return [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))]
+            return _names_in(*_parse_uri(path, str(path)))
     return [entry.name for entry in Path(path).iterdir()] if Path(path).is_dir() else []
 
 
@@ -217,11 +229,13 @@ def open_run(path: str | Path) -> tuple[str, Path]:
     Tune experiment state next to it; for a URI, also when it names no bucket or pyarrow cannot read it.
     """
     if is_uri(path):
-        with _storage_errors(f"RUN_DIR: cannot read {path}"):
-            _parse_uri(path, "RUN_DIR")  # before a local copy is named after it
         experiment = str(path).rstrip("/")
+        with _storage_errors(f"RUN_DIR: cannot read {path}"):
+            fs, base = _parse_uri(path, "RUN_DIR")  # before a local copy is named after it
         local_dir = local_copy(experiment)
-        fetch_run_files(experiment, local_dir)
+        with _storage_errors(f"{experiment}: cannot read the run"):
+            _fetch(fs, base, experiment, local_dir)
+            names = _names_in(fs, base)
     else:
         local_dir = Path(path).resolve()
         experiment = str(local_dir)
@@ -229,6 +243,7 @@ def open_run(path: str | Path) -> tuple[str, Path]:
             raise SpecError(f"{path}: no such run directory")
         if not (local_dir / SPEC_FILE).is_file():
             raise SpecError(f"{path}: not a clp-tune run directory (no {SPEC_FILE})")
-    if not fnmatch.filter(_listing(experiment), EXPERIMENT_STATE):
+        names = _listing(local_dir)
+    if not fnmatch.filter(names, EXPERIMENT_STATE):
         raise SpecError(f"{path}: not a Ray Tune run (no {EXPERIMENT_STATE} next to {SPEC_FILE}): nothing to read")
     return experiment, local_dir

@@ -339,11 +339,15 @@ def finish(experiment: str, local_dir: Path, reports_dir: str | Path = "reports"
     When the experiment lives at a URI, the run's own files are uploaded next to Ray's there, so a client
     (``clp-tune submit``) can fetch the report from shared storage.
     """
+    return _finish(load_spec(local_dir / SPEC_FILE), experiment, local_dir, reports_dir)
+
+
+def _finish(spec: Spec, experiment: str, local_dir: Path, reports_dir: str | Path) -> RunPaths:
+    """:func:`finish` with the run's ``spec`` already read."""
     from clp_tune.report.page import write_report
     from clp_tune.stopping.persistence import compact
     from clp_tune.store import write_store
 
-    spec = load_spec(local_dir / SPEC_FILE)
     compact(local_dir)  # the scheduler's journal into its snapshot and decisions.parquet
     write_store(experiment, local_dir)
     report_dir = Path(reports_dir) / spec.name
@@ -361,8 +365,8 @@ def _finish_search(experiment: str, local_dir: Path, reports_dir: str | Path) ->
 
     from clp_tune.stopping.user_banks import add_run, library_dir
 
-    paths = finish(experiment, local_dir, reports_dir)
     spec = load_spec(local_dir / SPEC_FILE)
+    paths = _finish(spec, experiment, local_dir, reports_dir)
     trajectories = pd.read_parquet(local_dir / TRAJECTORIES_FILE)
     library_bank = add_run(
         library_dir(spec.bank_library), local_dir.name, trajectories, spec.dataset, spec.model, spec.epochs
