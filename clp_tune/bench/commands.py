@@ -117,7 +117,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         "its search (none finished: a new search's start). Prints the Spearman correlation of predicted and true "
         "finals for the prior, no prior and the prior judging each trial alone, next to the last value's, the "
         "prior's 90 % interval's coverage, and whether the ranking target is met at 10 %: at least the last "
-        "value's, and 0.1 above it where that is below 0.85. Minutes per task.",
+        "value's, and 0.1 above it where that is below 0.85. About half a minute per task of the suite on 2 cores.",
     )  # fmt: skip
     transfer.add_argument("--task", action="append", help="a task of the suite; repeat for several, at least two "
                           "(default: every task whose bank is on disk)")  # fmt: skip

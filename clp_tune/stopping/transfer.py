@@ -94,7 +94,7 @@ def leave_task_out(
     Args:
         banks: bank-schema frames by task name (at least two).
         fractions: budget fractions the held-out trajectories are cut at.
-        progress: called with each task's scores as soon as they are known (a task takes minutes).
+        progress: called with each task's scores as soon as they are known (a suite task takes about half a minute).
         predictor_args: passed to every :class:`~clp_tune.stopping.predictor.FinalAccuracyPredictor`.
     """
     if len(banks) < 2:
