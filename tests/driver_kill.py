@@ -55,18 +55,32 @@ def wait_stopped(pid: int, timeout_s: float = 5.0) -> None:
 
 def trial_states(text: str | None) -> dict[str, tuple[str, int]] | None:
     """Ray's own view of each trial in a saved experiment state (``experiment_state-*.json``'s text): (status, epoch
-    of its last result); None when there is none or it is caught half-written."""
+    of its latest registered checkpoint, the one a resume restores; 0 without one); None when there is none or it
+    is caught half-written.
+
+    Not the epoch of its last result: Tune records a result, then asks the trial to save and registers the
+    checkpoint when the save returns, so a state written in between is a result ahead of what a resume restores.
+    """
     if not text:
         return None
     try:
         trials = {}
         for trial_json, metadata_json in json.loads(text)["trial_data"]:
             trial, metadata = json.loads(trial_json), json.loads(metadata_json)
-            last = metadata.get("last_result") or {}
-            trials[trial["trial_id"]] = (trial["status"], int(last.get("epoch", 0)))
+            trials[trial["trial_id"]] = (trial["status"], _checkpointed_epoch(metadata.get("checkpoint_manager")))
         return trials
     except (KeyError, TypeError, ValueError):  # JSONDecodeError is a ValueError
         return None
+
+
+def _checkpointed_epoch(manager: dict | None) -> int:
+    """The ``epoch`` of the latest checkpoint in a trial's saved checkpoint manager (Tune keeps it cloudpickled)."""
+    from ray import cloudpickle
+
+    if not manager:
+        return 0
+    latest = cloudpickle.loads(bytes.fromhex(manager["value"])).latest_checkpoint_result
+    return int(latest.metrics.get("epoch", 0)) if latest is not None else 0
 
 
 def kill_at(command: list[str], cwd: Path, env: dict[str, str], log: Path, probe: Callable[[], T | None],

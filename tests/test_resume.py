@@ -45,7 +45,7 @@ def _result_rows(run_dir: Path) -> dict[str, list[dict]] | None:
 
 
 def _experiment_state(run_dir: Path) -> dict[str, tuple[str, int]] | None:
-    """Ray's own view of each trial in the saved experiment state: (status, epoch of its last result)."""
+    """Ray's own view of each trial in the saved experiment state: (status, epoch of its latest checkpoint)."""
     files = sorted(run_dir.glob("experiment_state-*.json"))
     try:
         return trial_states(files[-1].read_text()) if files else None
