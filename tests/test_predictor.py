@@ -152,6 +152,23 @@ def test_works_with_val_acc_only(banks) -> None:
     assert set(trajectory_features({"val_acc": [0.2, 0.3]}, {}, 20)) >= {"fraction", "curve_extrapolation"}
 
 
+def test_features_read_each_columns_last_finite_values() -> None:
+    """A column reported with gaps (None, NaN, inf: an epoch that did not measure it) is read at its finite epochs."""
+    history = {
+        "val_acc": [0.2, 0.3, 0.4, 0.5, 0.55, 0.6],
+        "train_acc": [0.2, None, 0.4, math.nan, 0.6, math.inf],
+        "lr": [math.nan, 0.1, 0.08, None, 0.05, math.nan],
+        "tse": [1.0, 2.0, math.nan],
+        "grad_norm": [None, math.nan],
+    }
+    f = trajectory_features(history, {}, 20)
+    assert f["train_acc_last"] == pytest.approx(0.4)  # the last three finite: 0.2, 0.4, 0.6
+    assert f["train_acc_slope"] == pytest.approx(20 * 0.2)  # 0.2 an epoch over the three, per budget
+    assert f["lr_progress"] == pytest.approx(0.5)  # last finite / first finite
+    assert f["stat_tse"] == pytest.approx(math.log1p(2.0))
+    assert math.isnan(f["stat_grad_norm"]) and math.isnan(f["val_loss_last"])  # nothing finite, or not reported
+
+
 def test_learns_online_without_a_bank(banks) -> None:
     train, test = banks
     predictor = FinalAccuracyPredictor(None, refit_every=10)

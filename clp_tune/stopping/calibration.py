@@ -33,30 +33,44 @@ NOMINAL = float(norm.ppf(0.5 + COVERAGE / 2))  # the normal's half-width of the 
 
 
 def fraction_bin(fraction: float) -> int:
-    """The nearest of :data:`~clp_tune.stopping.features.FRACTIONS` (residuals are pooled per bin)."""
-    return int(np.argmin([abs(fraction - f) for f in FRACTIONS]))
+    """The nearest of :data:`~clp_tune.stopping.features.FRACTIONS` (residuals are pooled per bin; ties: the
+    first)."""
+    return min(range(len(FRACTIONS)), key=lambda i: abs(fraction - FRACTIONS[i]))
 
 
 @dataclass
 class ConformalCalibration:
-    """Bias and spread correction per (model, fraction bin), from standardized residuals of finished trials."""
+    """Bias and spread correction per (model, fraction bin), from standardized residuals of finished trials.
+
+    Each bin's correction is computed once per set of scores (every prediction reads one, and scores come only as
+    trials finish)."""
 
     strength: float = 5.0
     scores: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    _corrections: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict, repr=False,
+                                                                      compare=False)  # fmt: skip
 
     def add(self, model: str, fraction: float, error: float, std: float) -> None:
         """Keep the residual ``error`` = final - predicted mean of a prediction with spread ``std``."""
-        self.scores.setdefault((model, fraction_bin(fraction)), []).append(error / max(std, MIN_STD))
+        key = (model, fraction_bin(fraction))
+        self.scores.setdefault(key, []).append(error / max(std, MIN_STD))
+        self._corrections.pop(key, None)
 
     def correct(self, model: str, fraction: float, mean: float, std: float) -> tuple[float, float]:
         """The prediction (mean, std) of ``model`` at ``fraction``, recalibrated."""
-        seen = self.scores.get((model, fraction_bin(fraction)))
-        if not seen:
+        key = (model, fraction_bin(fraction))
+        if not self.scores.get(key):
             return mean, std
+        if key not in self._corrections:
+            self._corrections[key] = self._correction(self.scores[key])
+        bias, factor = self._corrections[key]
+        return mean + bias * std, std * factor
+
+    def _correction(self, seen: list[float]) -> tuple[float, float]:
+        """(bias in units of std, spread factor) from the standardized residuals ``seen``."""
         z = np.asarray(seen)
         n = len(z)
-        bias = float(z.sum()) / (n + self.strength)  # in units of std
+        bias = float(z.sum()) / (n + self.strength)
         level = min(1.0, math.ceil((n + 1) * COVERAGE) / n)  # the split-conformal rank
         empirical = float(np.quantile(np.abs(z - bias), level))
-        factor = (n * empirical + self.strength * NOMINAL) / (n + self.strength) / NOMINAL
-        return mean + bias * std, std * factor
+        return bias, (n * empirical + self.strength * NOMINAL) / (n + self.strength) / NOMINAL

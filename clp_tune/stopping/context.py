@@ -91,6 +91,8 @@ class SearchContext:
     cache: LevelCache | None = field(default=None, compare=False, repr=False)
     _read: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, init=False, compare=False,
                                                             repr=False)  # fmt: skip
+    _log_odds: dict[int, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict, init=False,
+                                                                       compare=False, repr=False)  # fmt: skip
 
     def values_at(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """The other trials' levels at ``epoch`` and :data:`SMOOTH` epochs before (see the module docstring for
@@ -99,6 +101,15 @@ class SearchContext:
         if epoch not in self._read:
             self._read[epoch] = self._values_at(epoch)
         return self._read[epoch]
+
+    def log_odds_at(self, epoch: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """:meth:`values_at` in log-odds, and the search's spread of the first (:func:`scale`; NaN with fewer than
+        :data:`CONTEXT_MIN` values): a prediction reads them twice, for its unit and for the trial's standing."""
+        if epoch not in self._log_odds:
+            now, before = self.values_at(epoch)
+            now = logit(now)
+            self._log_odds[epoch] = (now, logit(before), scale(now) if len(now) >= CONTEXT_MIN else math.nan)
+        return self._log_odds[epoch]
 
     def _values_at(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         earlier = max(1, epoch - SMOOTH)
@@ -123,8 +134,9 @@ class SearchContext:
 
 
 def logit(p: np.ndarray | float) -> np.ndarray:
-    """Log-odds of accuracies, clipped away from 0 and 1."""
-    q = np.clip(p, _EDGE, 1 - _EDGE)
+    """Log-odds of accuracies, clipped away from 0 and 1 (a float is clipped without numpy's dispatch: a
+    prediction takes a handful of them; NaN stays NaN either way)."""
+    q = min(max(p, _EDGE), 1 - _EDGE) if isinstance(p, float) else np.clip(p, _EDGE, 1 - _EDGE)
     return np.log(q / (1 - q))
 
 
@@ -144,10 +156,10 @@ def context_features(curve: Curve, context: SearchContext | None) -> dict[str, f
     if context is None:
         return dict.fromkeys(CONTEXT_FEATURES, math.nan)
     epoch = len(curve)
-    values, earlier = context.values_at(epoch)
+    values, earlier, spread = context.log_odds_at(epoch)
     incumbent = context.incumbent()
     best = None if incumbent is None else (level_at(context.curves[incumbent], epoch), context.finals[incumbent])
-    return standing(curve, values, earlier, best)
+    return _standing(curve, values, earlier, spread, best)
 
 
 def standing(
@@ -156,14 +168,23 @@ def standing(
     """:func:`context_features` from what they read of the search: the other trials' levels at the trial's epoch
     and :data:`SMOOTH` epochs before (:meth:`SearchContext.values_at`), and the incumbent's level at that epoch and
     its final (None: no trial has finished)."""
+    if len(values) < CONTEXT_MIN:
+        return dict.fromkeys(CONTEXT_FEATURES, math.nan)
+    values = logit(values)
+    return _standing(curve, values, logit(earlier), scale(values), incumbent)
+
+
+def _standing(
+    curve: Curve, values: np.ndarray, earlier: np.ndarray, spread: float, incumbent: tuple[float, float] | None
+) -> dict[str, float]:
+    """:func:`standing` from the others' levels in log-odds (``values``, ``earlier``) and their ``spread``."""
     out = dict.fromkeys(CONTEXT_FEATURES, math.nan)
     epoch = len(curve)
     level, before = level_at(curve, epoch), level_at(curve, max(1, epoch - SMOOTH))
     if len(values) < CONTEXT_MIN or not math.isfinite(level) or not math.isfinite(before):
         return out
-    values, level = logit(values), float(logit(level))
-    rises, rise = values - logit(earlier), level - float(logit(before))
-    spread = scale(values)
+    level = float(logit(level))
+    rises, rise = values - earlier, level - float(logit(before))
     ranked = np.sort(values)[::-1]
     out["ctx_quantile"] = float((np.sum(values < level) + 0.5 * np.sum(values == level)) / len(values))
     out["ctx_z"] = (level - float(np.mean(values))) / spread

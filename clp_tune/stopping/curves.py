@@ -31,23 +31,28 @@ class _Shape:
     mean: np.ndarray
     centered: np.ndarray
     var: np.ndarray
+    fitted: np.ndarray  # the rows whose basis is not flat (a flat row gets b = 0)
     at_end: np.ndarray  # basis[j] at the end of the budget
 
     @classmethod
     def of(cls, basis: np.ndarray, at_end: np.ndarray) -> _Shape:
         mean = basis.mean(axis=1)
         centered = basis - mean[:, None]
-        arrays = (basis, mean, centered, (centered**2).sum(axis=1), at_end)
+        var = (centered**2).sum(axis=1)
+        arrays = (basis, mean, centered, var, var > 1e-12, at_end)
         for array in arrays:
             array.flags.writeable = False  # shared by every curve of this length
         return cls(*arrays)
 
-    def best_fit(self, y: np.ndarray) -> tuple[float, float]:
-        """Least-squares y ~ a + b * basis[j] for every row j; (SSE, value at the budget's end) of the best row."""
-        yc = y - y.mean()
-        b = np.divide(self.centered @ yc, self.var, out=np.zeros(len(self.basis)), where=self.var > 1e-12)
-        a = y.mean() - b * self.mean
-        sse = ((y - a[:, None] - b[:, None] * self.basis) ** 2).sum(axis=1)
+    def best_fit(self, y: np.ndarray, y_mean: float) -> tuple[float, float]:
+        """Least-squares y ~ a + b * basis[j] for every row j (``y_mean``: y's mean); (SSE, value at the budget's
+        end) of the best row."""
+        b = np.divide(self.centered @ (y - y_mean), self.var, out=np.zeros(len(self.basis)), where=self.fitted)
+        a = y_mean - b * self.mean
+        residuals = y - a[:, None]
+        residuals -= b[:, None] * self.basis
+        residuals *= residuals
+        sse = residuals.sum(axis=1)
         j = int(np.argmin(sse))
         return float(sse[j]), float(a[j] + b[j] * self.at_end[j])
 
@@ -76,7 +81,8 @@ def curve_extrapolation(val_acc: Sequence[float], budget: int) -> tuple[float, f
     t = len(y)
     if t < MIN_EPOCHS:
         return float(y[-SMOOTH:].mean()), 0.0
-    fits = [shape.best_fit(y) for shape in _shapes(t, budget)]
+    y_mean = y.mean()
+    fits = [shape.best_fit(y, y_mean) for shape in _shapes(t, budget)]
     sse = np.array([f[0] for f in fits])
     ends = np.clip([f[1] for f in fits], 0.0, 1.0)
     weights = 1.0 / (sse / t + 1e-4)

@@ -104,28 +104,53 @@ def _config_features(config: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _tail(values: Sequence[float] | None, n: int) -> np.ndarray:
+    """The last ``n`` finite values of a column, in order: ``_finite(values)[-n:]`` without converting the whole
+    column, which a decision would otherwise do for every column at every epoch."""
+    out: list[float] = []
+    for value in reversed(values if values is not None else ()):
+        value = math.nan if value is None else float(value)
+        if math.isfinite(value):
+            out.append(value)
+            if len(out) == n:
+                break
+    return np.array(out[::-1], dtype=float)
+
+
+def _first_finite(values: Sequence[float] | None) -> float:
+    for value in values if values is not None else ():
+        value = math.nan if value is None else float(value)
+        if math.isfinite(value):
+            return value
+    return math.nan
+
+
 def trajectory_features(history: History, config: Mapping[str, Any], budget: int) -> dict[str, float]:
-    """Features of a trajectory observed up to epoch t = len(history["val_acc"]); NaN where a column is absent."""
+    """Features of a trajectory observed up to epoch t = len(history["val_acc"]); NaN where a column is absent.
+
+    Only the whole val_acc, val_loss and train_loss columns are read (the extrapolation, the loss's minimum, the
+    training loss's mean); of the others, their last few finite values."""
     val = np.asarray(history["val_acc"], dtype=float)
     val = np.where(np.isfinite(val), val, 0.0)
     t = len(val)
     level = float(val[-SMOOTH:].mean())
     extrapolated, disagreement = curve_extrapolation(val, budget)
+    recent = val[-_SLOPE - 1 :]
     f: dict[str, float] = {
         "fraction": t / budget,
         "val_acc_last": float(val[-1]),
         "val_acc_level": level,
         "val_acc_max": float(val.max()),
         "val_acc_slope": _slope(val, budget),
-        "val_acc_jitter": jitter(val),
+        "val_acc_jitter": float(np.std(np.diff(recent))) if len(recent) > 2 else 0.0,  # jitter(val)
         "curve_extrapolation": extrapolated,
         "curve_gain": extrapolated - level,
         "curve_disagreement": disagreement,
     }
     val_loss = _finite(history.get("val_loss"))
-    train_acc = _finite(history.get("train_acc"))
+    train_acc = _tail(history.get("train_acc"), _SLOPE)
     train_loss = _finite(history.get("train_loss"))
-    lr = _finite(history.get("lr"))
+    lr = _tail(history.get("lr"), 1)
     f["val_loss_last"] = float(val_loss[-SMOOTH:].mean()) if len(val_loss) else math.nan
     f["val_loss_rise"] = float(val_loss[-1] - val_loss.min()) if len(val_loss) else math.nan
     f["val_loss_slope"] = _slope(val_loss, budget) if len(val_loss) else math.nan
@@ -134,10 +159,11 @@ def trajectory_features(history: History, config: Mapping[str, Any], budget: int
     f["train_acc_slope"] = _slope(train_acc, budget) if len(train_acc) else math.nan
     f["train_loss_last"] = float(train_loss[-1]) if len(train_loss) else math.nan
     f["train_loss_mean"] = float(train_loss.mean()) if len(train_loss) else math.nan  # TSE / t, budget-free
-    f["lr_progress"] = float(lr[-1] / lr[0]) if len(lr) and lr[0] > 0 else math.nan
+    first_lr = _first_finite(history.get("lr"))
+    f["lr_progress"] = float(lr[-1] / first_lr) if len(lr) and first_lr > 0 else math.nan
     for column in STATISTIC_COLUMNS:
-        values = _finite(history.get(column))
-        f[f"stat_{column}"] = _signed_log(float(values[-1])) if len(values) else math.nan
+        last = _tail(history.get(column), 1)
+        f[f"stat_{column}"] = _signed_log(float(last[-1])) if len(last) else math.nan
     f.update(_config_features(config))
     return f
 

@@ -63,7 +63,10 @@ def anchor(features: Mapping[str, float], spread: float) -> float:
 
 def spread_at(epoch: int, context: SearchContext | None) -> float | None:
     """The search's spread of log-odds at ``epoch`` (the target's unit); None when too few others are there."""
-    return None if context is None else spread_of(context.values_at(epoch)[0])
+    if context is None:
+        return None
+    values, _, spread = context.log_odds_at(epoch)
+    return spread if len(values) >= CONTEXT_MIN else None
 
 
 def spread_of(values: np.ndarray) -> float | None:
