@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from clp_tune.bench.baselines import ORACLE_ROW, FinalsOracle, TopKAfterFirstEpoch
+from clp_tune.bench.baselines import ORACLE_ROW, CurveOnlyPredictor, FinalsOracle, TopKAfterFirstEpoch
 from clp_tune.bench.crossfit import fit_lazy_models, spearman_table
 from clp_tune.bench.metrics import Reference, score
 from clp_tune.bench.priors import BenchInputError, bank_at, build_prior, other_tasks, task_bank
@@ -305,3 +305,18 @@ def test_benchmarks_and_recording_refuse_bad_sizes_and_banks_with_exit_2(tmp_pat
     shipped = SHIPPED_BANK.stat().st_mtime_ns
     assert main(["bank", "record", "--trials", "1", "--epochs", "1"]) == 2
     assert "--out" in capsys.readouterr().err and SHIPPED_BANK.stat().st_mtime_ns == shipped
+
+
+def test_the_curve_only_baseline_predicts_what_a_predictor_without_trees_does() -> None:
+    """The δ rule's baseline keeps one prediction per val_acc curve for all its runs: that holds only while such a
+    predictor reads nothing but the curve and the budget, whatever else the trial reports and whatever it has seen."""
+    bank = synthetic_bank(30, 12, seed=3)
+    fresh = FinalAccuracyPredictor(bank=None, refit_every=0, min_trials=10**9)
+    baseline = CurveOnlyPredictor()
+    baseline.observe_finished(bank)
+    for trajectory in trajectories_from_frame(bank)[:10]:
+        for epoch in (1, 2, 3, 7, 12):
+            history = trajectory.upto(epoch)
+            expected = fresh.predict(history, trajectory.config, trajectory.budget)
+            assert baseline.predict(history, trajectory.config, trajectory.budget) == expected
+            assert baseline.predict({"val_acc": history["val_acc"]}, {}, trajectory.budget) == expected
