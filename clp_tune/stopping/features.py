@@ -118,6 +118,7 @@ def _tail(values: Sequence[float] | None, n: int) -> np.ndarray:
 
 
 def _first_finite(values: Sequence[float] | None) -> float:
+    """The first finite value of a column (NaN if none is)."""
     for value in values if values is not None else ():
         value = math.nan if value is None else float(value)
         if math.isfinite(value):
@@ -135,14 +136,13 @@ def trajectory_features(history: History, config: Mapping[str, Any], budget: int
     t = len(val)
     level = float(val[-SMOOTH:].mean())
     extrapolated, disagreement = curve_extrapolation(val, budget)
-    recent = val[-_SLOPE - 1 :]
     f: dict[str, float] = {
         "fraction": t / budget,
         "val_acc_last": float(val[-1]),
         "val_acc_level": level,
         "val_acc_max": float(val.max()),
         "val_acc_slope": _slope(val, budget),
-        "val_acc_jitter": float(np.std(np.diff(recent))) if len(recent) > 2 else 0.0,  # jitter(val)
+        "val_acc_jitter": jitter(val),
         "curve_extrapolation": extrapolated,
         "curve_gain": extrapolated - level,
         "curve_disagreement": disagreement,
