@@ -11,8 +11,9 @@ statistic and model features follow :data:`clp_tune.vocabulary.STATISTIC_COLUMNS
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,26 +105,24 @@ def _config_features(config: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _finite_values(values: Iterable[float | None]) -> Iterator[float]:
+    """The finite values of a column as floats, in the order given (None, NaN and inf left out)."""
+    for value in values:
+        value = math.nan if value is None else float(value)
+        if math.isfinite(value):
+            yield value
+
+
 def _tail(values: Sequence[float] | None, n: int) -> np.ndarray:
     """The last ``n`` finite values of a column, in order: ``_finite(values)[-n:]`` without converting the whole
     column, which a decision would otherwise do for every column at every epoch."""
-    out: list[float] = []
-    for value in reversed(values if values is not None else ()):
-        value = math.nan if value is None else float(value)
-        if math.isfinite(value):
-            out.append(value)
-            if len(out) == n:
-                break
-    return np.array(out[::-1], dtype=float)
+    last = list(itertools.islice(_finite_values(reversed(() if values is None else values)), n))
+    return np.array(last[::-1], dtype=float)
 
 
 def _first_finite(values: Sequence[float] | None) -> float:
     """The first finite value of a column (NaN if none is)."""
-    for value in values if values is not None else ():
-        value = math.nan if value is None else float(value)
-        if math.isfinite(value):
-            return value
-    return math.nan
+    return next(_finite_values(() if values is None else values), math.nan)
 
 
 def trajectory_features(history: History, config: Mapping[str, Any], budget: int) -> dict[str, float]:
