@@ -91,7 +91,7 @@ class SearchContext:
     cache: LevelCache | None = field(default=None, compare=False, repr=False)
     _read: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, init=False, compare=False,
                                                             repr=False)  # fmt: skip
-    _log_odds: dict[int, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict, init=False,
+    _log_odds: dict[int, tuple[np.ndarray, np.ndarray, float | None]] = field(default_factory=dict, init=False,
                                                                        compare=False, repr=False)  # fmt: skip
 
     def values_at(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,13 +102,13 @@ class SearchContext:
             self._read[epoch] = self._values_at(epoch)
         return self._read[epoch]
 
-    def log_odds_at(self, epoch: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """:meth:`values_at` in log-odds, and the search's spread of the first (:func:`scale`; NaN with fewer than
-        :data:`CONTEXT_MIN` values): a prediction reads them twice, for its unit and for the trial's standing."""
+    def log_odds_at(self, epoch: int) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """:meth:`values_at` in log-odds, and the search's spread of the first (:func:`search_spread`): a
+        prediction reads them twice, for its unit and for the trial's standing."""
         if epoch not in self._log_odds:
             now, before = self.values_at(epoch)
             now = logit(now)
-            self._log_odds[epoch] = (now, logit(before), scale(now) if len(now) >= CONTEXT_MIN else math.nan)
+            self._log_odds[epoch] = (now, logit(before), search_spread(now))
         return self._log_odds[epoch]
 
     def _values_at(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +151,12 @@ def scale(values: np.ndarray) -> float:
     return max(float(np.std(values)), MIN_SPREAD)
 
 
+def search_spread(log_odds: np.ndarray) -> float | None:
+    """The search's spread at an epoch (:func:`scale` of the others' log-odds); None with fewer than
+    :data:`CONTEXT_MIN` others, too few for a trial's standing among them to mean anything."""
+    return scale(log_odds) if len(log_odds) >= CONTEXT_MIN else None
+
+
 def context_features(curve: Curve, context: SearchContext | None) -> dict[str, float]:
     """In-context features of a trial whose val_acc so far is ``curve``; NaN where the search cannot say."""
     if context is None:
@@ -168,20 +174,23 @@ def standing(
     """:func:`context_features` from what they read of the search: the other trials' levels at the trial's epoch
     and :data:`SMOOTH` epochs before (:meth:`SearchContext.values_at`), and the incumbent's level at that epoch and
     its final (None: no trial has finished)."""
-    if len(values) < CONTEXT_MIN:
-        return dict.fromkeys(CONTEXT_FEATURES, math.nan)
     values = logit(values)
-    return _standing(curve, values, logit(earlier), scale(values), incumbent)
+    return _standing(curve, values, logit(earlier), search_spread(values), incumbent)
 
 
 def _standing(
-    curve: Curve, values: np.ndarray, earlier: np.ndarray, spread: float, incumbent: tuple[float, float] | None
+    curve: Curve,
+    values: np.ndarray,
+    earlier: np.ndarray,
+    spread: float | None,
+    incumbent: tuple[float, float] | None,
 ) -> dict[str, float]:
-    """:func:`standing` from the others' levels in log-odds (``values``, ``earlier``) and their ``spread``."""
+    """:func:`standing` from the others' levels in log-odds (``values``, ``earlier``) and their
+    :func:`search_spread`."""
     out = dict.fromkeys(CONTEXT_FEATURES, math.nan)
     epoch = len(curve)
     level, before = level_at(curve, epoch), level_at(curve, max(1, epoch - SMOOTH))
-    if len(values) < CONTEXT_MIN or not math.isfinite(level) or not math.isfinite(before):
+    if spread is None or not math.isfinite(level) or not math.isfinite(before):
         return out
     level = float(logit(level))
     rises, rise = values - earlier, level - float(logit(before))

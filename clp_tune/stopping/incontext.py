@@ -43,7 +43,7 @@ from clp_tune.stopping.context import (
     expit,
     level_at,
     logit,
-    scale,
+    search_spread,
     standing,
 )
 from clp_tune.stopping.features import FEATURES, Trajectory, cut_epochs
@@ -63,15 +63,12 @@ def anchor(features: Mapping[str, float], spread: float) -> float:
 
 def spread_at(epoch: int, context: SearchContext | None) -> float | None:
     """The search's spread of log-odds at ``epoch`` (the target's unit); None when too few others are there."""
-    if context is None:
-        return None
-    values, _, spread = context.log_odds_at(epoch)
-    return spread if len(values) >= CONTEXT_MIN else None
+    return None if context is None else context.log_odds_at(epoch)[2]
 
 
 def spread_of(values: np.ndarray) -> float | None:
     """The spread of log-odds of the other trials' levels ``values``; None when they are too few."""
-    return scale(logit(values)) if len(values) >= CONTEXT_MIN else None
+    return search_spread(logit(values))
 
 
 #: The shrink weights :func:`shrink_weight` chooses from: 0 is the last value plus the average gain, 1 the trees.
